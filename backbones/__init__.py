@@ -1,0 +1,106 @@
+"""Backbones: a registry of named timm architectures plus their initialisations.
+
+`create(name, init=..., in_chans=..., num_classes=..., img_size=...)` always builds
+the timm model with `pretrained=False` and then, for a non-random `init`, loads a
+local state dict with strict checks on every non-head key (see
+`backbones.loading`). `init` is
+
+* `random` - timm's own initialisation;
+* `imagenet1k` / `imagenet21k` - a local file (`backbones.weights`), never a download;
+* a path to a state dict (`.safetensors` or a torch file), e.g. the encoder exported
+  by a pre-training stage (`SSLMethod.encoder_state_dict()`).
+
+Input-channel adaptation (3 <-> 1) of pretrained weights follows `chans_adapt`
+(`mean`, the Krones paper's choice and the default, or `sum`, timm's).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import timm
+from torch import nn
+
+from backbones.channels import CHANS_ADAPT_MODES, ChansAdapt, adapt_conv_weight
+from backbones.loading import BackboneInitError, LoadReport, load_backbone_weights
+from backbones.specs import BACKBONES, BackboneSpec, register_backbone
+from backbones.weights import PRETRAINED_INITS, WeightsNotFoundError, read_state_dict, resolve_pretrained_file
+
+__all__ = [
+    "BACKBONES",
+    "BackboneInitError",
+    "BackboneSpec",
+    "LoadReport",
+    "WeightsNotFoundError",
+    "adapt_conv_weight",
+    "create",
+    "feature_dim",
+    "get_spec",
+    "list_backbones",
+    "register_backbone",
+]
+
+
+def list_backbones() -> list[str]:
+    return BACKBONES.names()
+
+
+def get_spec(name: str) -> BackboneSpec:
+    return BACKBONES.get(name)
+
+
+def create(
+    name: str,
+    *,
+    init: str | Path = "random",
+    in_chans: int = 1,
+    num_classes: int = 0,
+    img_size: int | None = None,
+    chans_adapt: ChansAdapt = "mean",
+    weights_dir: str | Path | None = None,
+    **kw: Any,
+) -> nn.Module:
+    """Build backbone `name` (a timm model; `num_classes=0` gives pooled features).
+
+    `img_size` is the square input side in pixels (ViT/Swin; default from the spec,
+    ignored by CNNs). `weights_dir` overrides `$BENCH_WEIGHTS_DIR` for ImageNet
+    weights. Other keywords go to `timm.create_model` (e.g. `drop_path_rate`,
+    `dynamic_img_size`, `global_pool`). The load report of a non-random init is
+    attached as `model.bench_init` (a `LoadReport`).
+    """
+    spec = BACKBONES.get(name)
+    if chans_adapt not in CHANS_ADAPT_MODES:
+        raise ValueError(f"chans_adapt must be one of {CHANS_ADAPT_MODES}, got {chans_adapt!r}")
+    if in_chans < 1:
+        raise ValueError(f"in_chans must be >= 1, got {in_chans}")
+    kwargs: dict[str, Any] = {**spec.timm_kwargs, **kw}
+    if spec.family in ("vit", "swin"):
+        kwargs["img_size"] = img_size if img_size is not None else spec.default_img_size
+    model = timm.create_model(
+        spec.timm_name, pretrained=False, in_chans=in_chans, num_classes=num_classes, **kwargs
+    )
+    init_s = str(init)
+    if init_s == "random":
+        return model
+    if init_s in PRETRAINED_INITS:
+        path = resolve_pretrained_file(spec, init_s, weights_dir)
+    else:
+        path = Path(init_s)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"backbone {name!r}: init {init_s!r} is neither 'random', one of {PRETRAINED_INITS}, "
+                "nor an existing state-dict file"
+            )
+    state_dict = read_state_dict(path)
+    report = load_backbone_weights(model, state_dict, source=str(path), chans_adapt=chans_adapt)
+    model.bench_init = report
+    return model
+
+
+def feature_dim(model: nn.Module) -> int:
+    """Width of the pooled feature vector (`num_features` of a timm model)."""
+    dim = getattr(model, "num_features", None)
+    if not isinstance(dim, int):
+        raise TypeError(f"{type(model).__name__} has no integer `num_features`; not a timm backbone?")
+    return dim

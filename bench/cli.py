@@ -1,0 +1,289 @@
+"""`bench`: the command line. Commands are verbs; each maps onto one module.
+
+    bench run MATRIX      run every unfinished stage, then write the reports
+    bench plan MATRIX     print the stage DAG and counts, run nothing
+    bench status MATRIX   what is done / failed / pending in the store
+    bench report MATRIX   rebuild tables and figures from stored predictions
+    bench data ...        synthetic data, dataset tables, preprocessing caches
+    bench list FAMILY     registered backbones, methods, sites, label sets, metrics
+    bench ui              how to open the MLflow UI on this results folder
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+DEFAULT_RESULTS = Path(os.environ.get("BENCH_RESULTS", "results"))
+
+
+class CLIError(Exception):
+    pass
+
+
+def _add_results(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="results folder (store, reports, mlflow.db); default: %(default)s or $BENCH_RESULTS")
+
+
+def _add_data_root(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-root", default=None, help="override the matrix's data.root (sites live in ROOT/<site>)")
+
+
+def _load(args: argparse.Namespace):  # -> Matrix
+    from bench.matrix import load_matrix
+
+    m = load_matrix(args.matrix)
+    if getattr(args, "data_root", None):
+        m.data.root = args.data_root
+    return m
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bench.runner import RunOptions, reports_dir, run_matrix
+    from bench.tracking import default_tracking_uri
+
+    matrix = _load(args)
+    results = args.results.resolve()
+    results.mkdir(parents=True, exist_ok=True)
+    uri = None if args.no_mlflow else (args.tracking_uri or default_tracking_uri(results))
+    threads = args.threads
+    if threads is None and args.executor == "local":
+        # parallel stages must not oversubscribe the cores: OpenMP spin-waiting makes that very slow
+        threads = max(1, (os.cpu_count() or 1) // max(1, args.max_parallel))
+    opts = RunOptions(
+        results=results,
+        executor=args.executor,
+        max_parallel=args.max_parallel,
+        tracking_uri=uri,
+        device=args.device,
+        threads=threads,
+        image_policy=args.image_policy,
+        report=not args.no_report,
+        progress=not args.no_progress and sys.stderr.isatty(),
+    )
+    t0 = time.time()
+    summary, plan, files = run_matrix(matrix, opts)
+    dt = time.time() - t0
+    total = len(plan.stages)
+    print(f"\n== {matrix.path}: {total} stages in {dt:.1f}s ({args.executor} executor)")
+    print(f"   ran {len(summary.ran)}, skipped {len(summary.skipped)} (already done), failed {len(summary.failed)}, blocked {len(summary.blocked)}")
+    if not summary.ran and not summary.failed and not summary.blocked and not summary.interrupted:
+        print("   nothing to do: every stage was already done")
+    for key, err in summary.failed.items():
+        print(f"   FAILED {key} ({plan.stages[key].label}): {err}")
+        print(f"          log: {results / 'store' / key / 'log.txt'}")
+    if summary.blocked:
+        print(f"   blocked (an upstream stage failed): {len(summary.blocked)} stages; fix the failure and re-run")
+    if summary.interrupted:
+        print("   interrupted: finished stages are kept; re-run the same command to resume")
+    if files:
+        print(f"   reports: {reports_dir(results, matrix)} ({len(files)} files)")
+        md = [f for f in files if f.name.startswith("table2") and f.suffix == ".md"]
+        if md:
+            print("\n" + md[0].read_text())
+    if uri:
+        print(f"   mlflow: {uri}  (open with: bench ui --results {args.results})")
+    if summary.interrupted:
+        return 130
+    return 0 if summary.ok else 1
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from bench.plan import build_plan, describe
+    from bench.runner import store_of
+
+    matrix = _load(args)
+    plan = build_plan(matrix)
+    store = store_of(args.results.resolve())
+    print(describe(plan, store.done_keys(list(plan.stages))))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from bench.plan import build_plan
+    from bench.runner import store_of
+
+    matrix = _load(args)
+    plan = build_plan(matrix)
+    store = store_of(args.results.resolve())
+    counts: Counter[str] = Counter()
+    for s in plan.ordered():
+        st = store.status(s.key)
+        state = "done" if store.is_done(s.key) else st.get("state", "pending")
+        counts[state] += 1
+        extra = f"  {st.get('error')}" if st.get("error") else ""
+        print(f"{state:12s} {s.key}  {s.label}{extra}")
+    print("totals: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from bench.plan import build_plan
+    from bench.runner import reports_dir, store_of, write_reports
+
+    matrix = _load(args)
+    plan = build_plan(matrix)
+    results = args.results.resolve()
+    out = reports_dir(results, matrix)
+    files = write_reports(plan, store_of(results), out)
+    if not files:
+        raise CLIError(f"no finished evaluations for {matrix.path} in {results / 'store'}: run `bench run {matrix.path}` first")
+    print(f"wrote {len(files)} files to {out}")
+    for f in files:
+        print(f"  {f}")
+    return 0
+
+
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    from bench.data.synthetic import generate
+
+    sites = args.sites.split(",") if args.sites else None
+    kw = {"seed": args.seed, "scale": args.scale}
+    if sites:
+        kw["sites"] = sites
+    roots = generate(Path(args.out), **kw)
+    for site, root in roots.items():
+        print(f"{site}: {root}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    fam = args.family
+    if fam == "backbones":
+        import backbones
+
+        names = backbones.list_backbones()
+    elif fam == "methods":
+        import ssl_methods
+
+        from bench.matrix import NON_SSL_METHODS
+
+        names = [*NON_SSL_METHODS, *ssl_methods.list_methods()]
+    elif fam == "sites":
+        from bench.data.sites import list_sites
+
+        names = list_sites()
+    elif fam == "label-sets":
+        from bench.data.labels import LABEL_SETS
+
+        names = [f"{k}: {', '.join(v)}" for k, v in LABEL_SETS.items()]
+    else:
+        from reports.metrics import list_metrics
+
+        names = list_metrics()
+    print("\n".join(names))
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from bench.tracking import default_tracking_uri
+
+    uri = args.tracking_uri or default_tracking_uri(args.results.resolve())
+    cmd = ["mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(args.port)]
+    print("MLflow UI: " + " ".join(cmd) + f"\nthen open http://127.0.0.1:{args.port}")
+    if args.print_only:
+        return 0
+    os.execvp(cmd[0], cmd)
+    return 0
+
+
+def _dbb(args: argparse.Namespace) -> int:
+    from bench import dbb_report
+
+    return dbb_report.main(args.rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    r = sub.add_parser("run", help="run every unfinished stage of a matrix, then write its reports")
+    r.add_argument("matrix", type=Path)
+    _add_results(r)
+    _add_data_root(r)
+    r.add_argument("--executor", choices=["inline", "local"], default="inline", help="inline (this process) or local (submitit subprocesses); default %(default)s")
+    r.add_argument("--max-parallel", type=int, default=1, help="stages running at once (local executor)")
+    r.add_argument("--tracking-uri", default=None, help="MLflow URI; default $MLFLOW_TRACKING_URI or sqlite:///RESULTS/mlflow.db")
+    r.add_argument("--no-mlflow", action="store_true", help="do not track runs in MLflow")
+    r.add_argument("--device", default="cpu", help="torch device (cpu, cuda); default %(default)s")
+    r.add_argument("--threads", type=int, default=None, help="torch CPU threads per stage")
+    r.add_argument("--image-policy", choices=["skip", "fail"], default="skip", help="corrupt images: skip (counted and listed) or fail")
+    r.add_argument("--no-report", action="store_true", help="skip writing reports at the end")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.set_defaults(fn=cmd_run)
+
+    for name, fn, help_ in (
+        ("plan", cmd_plan, "print the stage DAG (with done/todo) and counts per kind; runs nothing"),
+        ("status", cmd_status, "state of every stage of a matrix in the store"),
+        ("report", cmd_report, "rebuild tables and figures from stored predictions (no training)"),
+    ):
+        q = sub.add_parser(name, help=help_)
+        q.add_argument("matrix", type=Path)
+        _add_results(q)
+        _add_data_root(q)
+        q.set_defaults(fn=fn)
+
+    d = sub.add_parser("data", help="datasets: synthetic generator, tables, caches")
+    dsub = d.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
+    s = dsub.add_parser("synth", help="write the synthetic multi-site collection in the official layouts")
+    s.add_argument("--out", default="data/synthetic", help="output root; default %(default)s")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--scale", type=float, default=1.0, help="multiply the default image counts")
+    s.add_argument("--sites", default=None, help="comma-separated site layouts to write (default: all)")
+    s.set_defaults(fn=cmd_data_synth)
+
+    lst = sub.add_parser("list", help="what is registered")
+    lst.add_argument("family", choices=["backbones", "methods", "sites", "label-sets", "metrics"])
+    lst.set_defaults(fn=cmd_list)
+
+    ui = sub.add_parser("ui", help="open the MLflow UI on the results' tracking store (localhost)")
+    _add_results(ui)
+    ui.add_argument("--tracking-uri", default=None)
+    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--print-only", action="store_true", help="only print the command")
+    ui.set_defaults(fn=cmd_ui)
+
+    dbb = sub.add_parser("dbb", help="batching benchmark on a CSV of image sizes (bench dbb SIZES.csv --help)", add_help=False)
+    dbb.add_argument("rest", nargs=argparse.REMAINDER)
+    dbb.set_defaults(fn=_dbb)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for noisy in ("alembic", "mlflow", "urllib3", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from bench.data.sites import DataError
+    from bench.matrix import MatrixError
+    from bench.store import StoreError
+
+    fn: Callable[[argparse.Namespace], int] = args.fn
+    try:
+        return fn(args)
+    except (MatrixError, DataError, StoreError, CLIError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyError as exc:  # unknown registry names outside matrix validation
+        print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,421 @@
+"""Experiment matrices: YAML schema, validation and expansion into flat experiments.
+
+A matrix file has `defaults`, an explicit `experiments:` list and/or `grid:` blocks.
+Each experiment is `defaults` deep-merged with its own keys; each grid block is the
+cartesian product of its `axes` (dotted keys -> list of values) minus its `exclude`
+entries, merged over `defaults` and the block's `base`. The result is a list of
+fully specified, validated `Experiment` objects in file order.
+
+Errors name the file, the key path and the allowed values, e.g.
+`matrix/x.yaml: experiments[3].pretrain.method: 'gmmml' is not one of mae, simmim, ...`.
+Names (backbones, methods, sites, label sets) are checked against the live
+registries, so a new registry entry is accepted without touching this module.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from bench.data.labels import LABEL_SETS
+
+
+class MatrixError(Exception):
+    """A malformed matrix. The message is one paragraph naming the file and key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+# Methods that are not SSL modules: `none` (no pre-training stage) and `supervised`
+# (label-driven pre-training on a site, e.g. Krones exp. 2.3/2.4 on MIMIC-CXR).
+NON_SSL_METHODS = ("none", "supervised")
+
+
+def _ssl_method_names() -> list[str]:
+    import ssl_methods
+
+    return list(ssl_methods.list_methods())
+
+
+def _backbone_names() -> list[str]:
+    import backbones
+
+    return list(backbones.list_backbones())
+
+
+def _site_names() -> list[str]:
+    from bench.data.sites import list_sites
+
+    return list_sites()
+
+
+def _one_of(value: str, allowed: list[str] | tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{value!r} is not one of {', '.join(allowed)}")
+    return value
+
+
+class BatchingCfg(_Strict):
+    """How pre-training batches are formed: fixed square resize, or Dynamic Batch Binning."""
+
+    mode: Literal["fixed", "dbb"] = "fixed"
+    max_side: int = 512
+    patch: int | None = None
+    token_budget: int | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class PretrainCfg(_Strict):
+    method: str = "none"
+    dataset: str | None = None
+    site_options: dict[str, Any] = Field(default_factory=dict)
+    splits: list[Literal["train", "val", "test"]] = Field(default_factory=lambda: ["train", "val"])
+    subset: int | None = None  # random N images (the paper: 100,000)
+    classes: str = "nih14"  # only for method: supervised
+    epochs: int = 1
+    batch_size: int = 64
+    lr: float = 1e-4
+    min_lr: float = 1e-6
+    weight_decay: float = 0.04
+    warmup_epochs: float = 0.0
+    clip_grad: float | None = 3.0
+    options: dict[str, Any] = Field(default_factory=dict)  # method config (mask ratio, ...)
+    batching: BatchingCfg = Field(default_factory=BatchingCfg)
+    checkpoint_every: int = 1  # epochs
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: str) -> str:
+        return _one_of(v, [*NON_SSL_METHODS, *_ssl_method_names()])
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, v: str | None) -> str | None:
+        return None if v is None else _one_of(v, _site_names())
+
+    @field_validator("classes")
+    @classmethod
+    def _classes(cls, v: str) -> str:
+        return _one_of(v, list(LABEL_SETS))
+
+    @field_validator("epochs", "batch_size")
+    @classmethod
+    def _positive(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"{v} must be >= 1")
+        return v
+
+    @model_validator(mode="after")
+    def _dataset_needed(self) -> "PretrainCfg":
+        if self.method != "none" and self.dataset is None:
+            raise ValueError(f"pretrain.method {self.method!r} needs pretrain.dataset (a site name)")
+        return self
+
+
+class FinetuneCfg(_Strict):
+    dataset: str = "nih"
+    site_options: dict[str, Any] = Field(default_factory=dict)
+    classes: str = "nih14"
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    mode: Literal["finetune", "linear_probe"] = "finetune"
+    epochs: int = 30
+    batch_size: int = 64
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = 2.5e-4
+    min_lr: float = 1e-6
+    weight_decay: float = 0.05
+    warmup_epochs: float = 0.0
+    label_subset: float | int | None = None  # few-label regime: fraction (<1) or count, drawn by patient
+    augment: bool = True
+    patience: int | None = None  # early stop on val AUC
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, v: str) -> str:
+        return _one_of(v, _site_names())
+
+    @field_validator("classes")
+    @classmethod
+    def _classes(cls, v: str) -> str:
+        return _one_of(v, list(LABEL_SETS))
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        if not v:
+            raise ValueError("needs at least one seed")
+        if len(set(v)) != len(v):
+            raise ValueError(f"seeds {v} contain duplicates")
+        return v
+
+
+class EvalTarget(_Strict):
+    """One report column: a site split scored on a label set (e.g. `NIH 5 class avg.`)."""
+
+    column: str
+    site: str
+    split: Literal["train", "val", "test"] = "test"
+    site_options: dict[str, Any] = Field(default_factory=dict)
+    classes: str = "harmonised5"
+    location: str = ""
+
+    @field_validator("site")
+    @classmethod
+    def _site(cls, v: str) -> str:
+        return _one_of(v, _site_names())
+
+    @field_validator("classes")
+    @classmethod
+    def _classes(cls, v: str) -> str:
+        return _one_of(v, list(LABEL_SETS))
+
+
+class Experiment(_Strict):
+    id: str
+    description: str = ""
+    backbone: str
+    init: str = "random"
+    image_size: int = 224
+    in_chans: int = 1
+    pretrain: PretrainCfg = Field(default_factory=PretrainCfg)
+    finetune: FinetuneCfg = Field(default_factory=FinetuneCfg)
+    evaluate: list[EvalTarget] = Field(default_factory=list)
+
+    @field_validator("backbone")
+    @classmethod
+    def _backbone(cls, v: str) -> str:
+        return _one_of(v, _backbone_names())
+
+    @field_validator("init")
+    @classmethod
+    def _init(cls, v: str) -> str:
+        allowed = ("random", "imagenet1k", "imagenet21k")
+        if v in allowed or v.startswith("file:"):
+            return v
+        raise ValueError(f"{v!r} is not one of {', '.join(allowed)}, file:<path to weights>")
+
+    @field_validator("in_chans")
+    @classmethod
+    def _chans(cls, v: int) -> int:
+        return int(_one_of(str(v), ("1", "3")))
+
+    @model_validator(mode="after")
+    def _evaluate_unique(self) -> "Experiment":
+        cols = [t.column for t in self.evaluate]
+        dup = sorted({c for c in cols if cols.count(c) > 1})
+        if dup:
+            raise ValueError(f"evaluate columns must be unique; repeated: {dup}")
+        return self
+
+
+class DataCfg(_Strict):
+    """Where sites live. `root/<site>` unless `sites` names a path; `synthetic` makes `bench run`
+    generate the synthetic multi-site collection into `root` first (idempotent)."""
+
+    root: str = "data"
+    sites: dict[str, str] = Field(default_factory=dict)
+    synthetic: dict[str, Any] | None = None
+
+
+class Matrix(_Strict):
+    name: str
+    description: str = ""
+    path: Path
+    data: DataCfg
+    experiments: list[Experiment]
+
+    @property
+    def reports_dir_name(self) -> str:
+        return self.path.stem
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _set_dotted(d: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    for k in keys[:-1]:
+        nxt = d.setdefault(k, {})
+        if not isinstance(nxt, dict):
+            raise TypeError(f"{k!r} is not a mapping")
+        d = nxt
+    d[keys[-1]] = copy.deepcopy(value)
+
+
+def _get_dotted(d: dict[str, Any], dotted: str) -> Any:
+    for k in dotted.split("."):
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+_TEMPLATE = re.compile(r"\{([A-Za-z0-9_.]+)\}")
+
+
+def _fill_template(template: str, values: dict[str, Any]) -> str:
+    def sub(m: re.Match[str]) -> str:
+        key = m.group(1)
+        if key not in values:
+            raise KeyError(key)
+        return str(values[key])
+
+    return _TEMPLATE.sub(sub, template)
+
+
+def _format_error(file: Path, where: str, exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = where + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"])
+        msg = err["msg"]
+        msg = msg.removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            parent = err["loc"][:-1]
+            model = _model_at(Experiment, parent)
+            allowed = ", ".join(model.model_fields) if model else "see docs"
+            msg = f"unknown key; allowed keys here: {allowed}"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        elif err["type"] == "literal_error":
+            msg = f"{err.get('input')!r} is not one of {msg.split('Input should be ')[-1]}"
+        parts.append(f"{loc}: {msg}")
+    return f"{file}: " + "; ".join(parts)
+
+
+def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """Follow a pydantic error location through nested models (for 'allowed keys' messages)."""
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        ann = field.annotation
+        inner = getattr(ann, "__args__", None)
+        candidates = [ann, *(inner or ())]
+        nxt = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if nxt is None:
+            return None
+        model = nxt
+    return model
+
+
+def _validate_experiment(file: Path, where: str, raw: dict[str, Any]) -> Experiment:
+    try:
+        return Experiment.model_validate(raw)
+    except ValidationError as exc:
+        raise MatrixError(_format_error(file, where, exc)) from None
+
+
+def _expand_grid(file: Path, gi: int, block: dict[str, Any], defaults: dict[str, Any]) -> list[tuple[str, dict]]:
+    where = f"grid[{gi}]"
+    allowed = {"id", "axes", "exclude", "base", "description"}
+    unknown = set(block) - allowed
+    if unknown:
+        raise MatrixError(f"{file}: {where}: unknown keys {sorted(unknown)}; allowed keys: {', '.join(sorted(allowed))}")
+    if "id" not in block or "axes" not in block:
+        raise MatrixError(f"{file}: {where}: needs 'id' (a template such as 'g.{{backbone}}') and 'axes'")
+    axes = block["axes"]
+    if not isinstance(axes, dict) or not axes or not all(isinstance(v, list) and v for v in axes.values()):
+        raise MatrixError(f"{file}: {where}.axes: must map dotted keys to non-empty lists of values")
+    excludes = block.get("exclude") or []
+    if not isinstance(excludes, list) or not all(isinstance(e, dict) for e in excludes):
+        raise MatrixError(f"{file}: {where}.exclude: must be a list of mappings (dotted key -> value)")
+    for ei, ex in enumerate(excludes):
+        bad = set(ex) - set(axes)
+        if bad:
+            raise MatrixError(
+                f"{file}: {where}.exclude[{ei}]: keys {sorted(bad)} are not grid axes; axes: {', '.join(axes)}"
+            )
+    base = _deep_merge(defaults, block.get("base") or {})
+    out = []
+    keys = list(axes)
+    for combo in itertools.product(*(axes[k] for k in keys)):
+        point = dict(zip(keys, combo))
+        if any(all(point[k] == v for k, v in ex.items()) for ex in excludes):
+            continue
+        raw = copy.deepcopy(base)
+        for k, v in point.items():
+            try:
+                _set_dotted(raw, k, v)
+            except TypeError as exc:
+                raise MatrixError(f"{file}: {where}.axes.{k}: {exc}") from None
+        try:
+            raw["id"] = _fill_template(str(block["id"]), point)
+        except KeyError as exc:
+            raise MatrixError(
+                f"{file}: {where}.id: template field {exc} is not a grid axis; axes: {', '.join(axes)}"
+            ) from None
+        if "description" in block:
+            raw["description"] = _fill_template(str(block["description"]), point)
+        label = ", ".join(f"{k}={v}" for k, v in point.items())
+        out.append((f"{where}({label})", raw))
+    return out
+
+
+def load_matrix(path: str | Path) -> Matrix:
+    """Load, expand and validate a matrix file. Raises `MatrixError` with a one-paragraph message."""
+    file = Path(path)
+    if not file.is_file():
+        raise MatrixError(f"{file}: no such matrix file")
+    try:
+        doc = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as exc:
+        raise MatrixError(f"{file}: not valid YAML: {exc}") from None
+    if not isinstance(doc, dict):
+        raise MatrixError(f"{file}: top level must be a mapping with keys name, defaults, experiments and/or grid")
+    allowed_top = {"name", "description", "data", "defaults", "experiments", "grid"}
+    unknown = set(doc) - allowed_top
+    if unknown:
+        raise MatrixError(f"{file}: unknown top-level keys {sorted(unknown)}; allowed: {', '.join(sorted(allowed_top))}")
+    defaults = doc.get("defaults") or {}
+    if not isinstance(defaults, dict):
+        raise MatrixError(f"{file}: defaults: must be a mapping")
+    raw_exps: list[tuple[str, dict]] = []
+    for i, e in enumerate(doc.get("experiments") or []):
+        if not isinstance(e, dict):
+            raise MatrixError(f"{file}: experiments[{i}]: must be a mapping with at least an 'id'")
+        raw_exps.append((f"experiments[{i}]", _deep_merge(defaults, e)))
+    for gi, block in enumerate(doc.get("grid") or []):
+        if not isinstance(block, dict):
+            raise MatrixError(f"{file}: grid[{gi}]: must be a mapping with 'id' and 'axes'")
+        raw_exps.extend(_expand_grid(file, gi, block, defaults))
+    if not raw_exps:
+        raise MatrixError(f"{file}: defines no experiments (give 'experiments:' and/or 'grid:')")
+    exps = [_validate_experiment(file, where, raw) for where, raw in raw_exps]
+    seen: dict[str, str] = {}
+    for (where, _), e in zip(raw_exps, exps):
+        if e.id in seen:
+            raise MatrixError(f"{file}: {where}.id: {e.id!r} is used twice (also by {seen[e.id]})")
+        seen[e.id] = where
+        if not e.evaluate:
+            raise MatrixError(f"{file}: {where}.evaluate: needs at least one evaluation target")
+    try:
+        data = DataCfg.model_validate(doc.get("data") or {})
+    except ValidationError as exc:
+        raise MatrixError(_format_error(file, "data", exc)) from None
+    return Matrix(
+        name=str(doc.get("name") or file.stem),
+        description=str(doc.get("description") or ""),
+        path=file,
+        data=data,
+        experiments=exps,
+    )

@@ -1,0 +1,205 @@
+"""Orchestrates one `bench run`: matrix -> plan -> (synthetic data) -> executor -> reports.
+
+Also builds the report manifest (the only thing `reports/` sees of a plan) from the
+plan's report cells and the store's finished evaluate stages.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bench.data.labels import label_set
+from bench.execute import RunContext, RunSummary, make_executor
+from bench.matrix import Matrix
+from bench.plan import Plan, build_plan
+from bench.store import Store
+from bench.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunOptions:
+    results: Path
+    executor: str = "inline"
+    max_parallel: int = 1
+    tracking_uri: str | None = None
+    device: str = "cpu"
+    threads: int | None = None
+    image_policy: str = "skip"
+    report: bool = True
+    progress: bool = True
+
+
+def store_of(results: Path) -> Store:
+    return Store(results / "store")
+
+
+def reports_dir(results: Path, matrix: Matrix) -> Path:
+    return results / "reports" / matrix.reports_dir_name
+
+
+def ensure_synthetic(matrix: Matrix) -> None:
+    """Generate the synthetic collection the matrix asks for (no-op when already complete)."""
+    if not matrix.data.synthetic:
+        return
+    from bench.data.synthetic import generate
+
+    opts = dict(matrix.data.synthetic)
+    sites = sorted({*_sites_used(matrix), *opts.pop("sites", [])})
+    generate(Path(matrix.data.root), sites=sites, **opts)
+
+
+def _sites_used(matrix: Matrix) -> set[str]:
+    used = set()
+    for e in matrix.experiments:
+        if e.pretrain.dataset:
+            used.add(e.pretrain.dataset)
+        used.add(e.finetune.dataset)
+        used.update(t.site for t in e.evaluate)
+    return used
+
+
+def build_manifest(plan: Plan, store: Store) -> pd.DataFrame:
+    """One row per (experiment, seed, report column) whose evaluate stage is done."""
+    exps = {e.id: e for e in plan.matrix.experiments}
+    rows: list[dict[str, Any]] = []
+    for c in plan.cells:
+        if not store.is_done(c.evaluate_key):
+            continue
+        e = exps[c.experiment]
+        st = store.status(c.evaluate_key)
+        rows.append(
+            {
+                "experiment": c.experiment,
+                "seed": c.seed,
+                "column": c.target.column,
+                "site": c.target.site,
+                "split": c.target.split,
+                "classes": list(label_set(c.target.classes)),
+                "predictions": str(store.path(c.evaluate_key, "predictions.parquet")),
+                "stage_key": c.evaluate_key,
+                "run_id": st.get("mlflow_run_id") or "",
+                "finetune_key": c.finetune_key,
+                "pretrain_key": c.pretrain_key or "",
+                "location": c.target.location,
+                "meta:Backbone": e.backbone,
+                "meta:Initialisation": e.init,
+                "meta:Pre-training": e.pretrain.method,
+                "meta:Pre-training dataset": e.pretrain.dataset or "-",
+                "meta:Fine-tuning": e.finetune.dataset,
+                **({"pretrain_size": e.pretrain.subset} if e.pretrain.subset else {}),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def write_reports(plan: Plan, store: Store, out_dir: Path, tracker: Tracker | None = None, run_id: str | None = None) -> list[Path]:
+    from reports import build_reports
+
+    manifest = build_manifest(plan, store)
+    if manifest.empty:
+        log.warning("no finished evaluations yet: no reports written")
+        return []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = build_reports(manifest, out_dir, title=plan.matrix.description or plan.matrix.name)
+    missing = len(plan.cells) - len(manifest)
+    if missing:
+        log.warning("reports cover %d of %d result cells (%d not finished)", len(manifest), len(plan.cells), missing)
+    if tracker and run_id:
+        tracker.artifact(run_id, out_dir, "reports")
+    return files
+
+
+def preflight(plan: Plan, store: Store) -> None:
+    """Fail before running anything when a pending stage's data root is missing."""
+    from bench.data.sites import DataError
+
+    missing: dict[str, str] = {}
+    for s in plan.ordered():
+        if store.is_done(s.key):
+            continue
+        for site, root in s.paths.items():
+            if not Path(root).exists():
+                missing[site] = root
+    if missing:
+        where = "; ".join(f"site {k!r} expected at {v}" for k, v in sorted(missing.items()))
+        raise DataError(
+            f"{plan.matrix.path}: data root does not exist: {where}. Point data.root or data.sites.<site> "
+            "in the matrix (or --data-root / BENCH_DATA_ROOT) at the dataset in its official layout."
+        )
+
+
+def run_matrix(matrix: Matrix, opts: RunOptions) -> tuple[RunSummary, Plan, list[Path]]:
+    results = opts.results.resolve()
+    results.mkdir(parents=True, exist_ok=True)
+    ensure_synthetic(matrix)
+    plan = build_plan(matrix)
+    store = store_of(results)
+    preflight(plan, store)
+    stages = plan.ordered()
+    uri = opts.tracking_uri
+    tracker = Tracker(uri, artifact_root=results / "mlartifacts") if uri else None
+    parent = None
+    if tracker:
+        parent = tracker.start(
+            f"matrix:{matrix.name}",
+            tags={"matrix": str(matrix.path), "kind": "matrix", "executor": opts.executor},
+        )
+        tracker.params(parent, {"matrix": str(matrix.path), "stages": len(stages), "executor": opts.executor})
+        tracker.artifact(parent, matrix.path)
+    ctx = RunContext(
+        store_root=str(store.root),
+        tracking_uri=uri,
+        parent_run_id=parent,
+        device=opts.device,
+        threads=opts.threads,
+        progress=opts.progress,
+        image_policy=opts.image_policy,
+    )
+    started = time.time()
+    executor = make_executor(opts.executor, results, opts.max_parallel)
+    summary = RunSummary()
+    files: list[Path] = []
+    try:
+        summary = executor.run(stages, ctx)
+        if opts.report:
+            files = write_reports(plan, store, reports_dir(results, matrix), tracker, parent)
+    finally:
+        if tracker and parent:
+            tracker.metrics(
+                parent,
+                {
+                    "stages_ran": len(summary.ran),
+                    "stages_skipped": len(summary.skipped),
+                    "stages_failed": len(summary.failed),
+                    "wall_seconds": time.time() - started,
+                },
+            )
+            status = "FINISHED" if summary.ok else ("KILLED" if summary.interrupted else "FAILED")
+            tracker.end(parent, status)
+    _append_history(results, matrix, summary, time.time() - started, parent)
+    return summary, plan, files
+
+
+def _append_history(results: Path, matrix: Matrix, summary: RunSummary, seconds: float, run_id: str | None) -> None:
+    entry = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "matrix": str(matrix.path),
+        "seconds": round(seconds, 1),
+        "ran": len(summary.ran),
+        "skipped": len(summary.skipped),
+        "failed": summary.failed,
+        "blocked": len(summary.blocked),
+        "interrupted": summary.interrupted,
+        "mlflow_run_id": run_id,
+    }
+    with open(results / "runs.jsonl", "a") as fh:
+        fh.write(json.dumps(entry) + "\n")

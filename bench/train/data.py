@@ -1,0 +1,198 @@
+"""Turning a site's standard index into training batches.
+
+Pixels: `bench.data.io.read_image` gives float [0,1] 2-D arrays at native size; we
+resize to `image_size`² (antialiased bilinear) and normalise with the grey
+equivalent of the ImageNet statistics (mean/std of the RGB means/stds), so that
+ImageNet-initialised and random-initialised models see the same input scale.
+
+Corrupt images follow the run's policy: `fail` raises an error naming the file;
+`skip` drops the image from its batch, counts it and lists it in the stage log.
+
+Randomness (shuffling, augmentation) is derived from (seed, epoch, step) rather than
+from a running RNG, so a run resumed from any checkpoint sees exactly the batches an
+uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from bench.data.sites import DataError, get_site
+
+log = logging.getLogger(__name__)
+
+GREY_MEAN = 0.449  # mean of ImageNet's (0.485, 0.456, 0.406)
+GREY_STD = 0.226  # mean of ImageNet's (0.229, 0.224, 0.225)
+
+
+def load_index(site: str, root: str, options: dict[str, Any], splits: Sequence[str] | None) -> pd.DataFrame:
+    """The site's standard index restricted to `splits`, with a clear error if that leaves nothing."""
+    if not Path(root).exists():
+        raise DataError(
+            f"data root for site {site!r} does not exist: {root} "
+            f"(set data.root / data.sites.{site} in the matrix, or BENCH_DATA_ROOT)"
+        )
+    index = get_site(site).load_index(Path(root), **options)
+    if splits is not None:
+        index = index[index["split"].isin(list(splits))]
+    if index.empty:
+        raise DataError(f"site {site!r} at {root}: no images in split(s) {list(splits or [])}")
+    return index.reset_index(drop=True)
+
+
+def seeded_subset(index: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:
+    """A random N-image subset (the paper pre-trains on a random 100,000 per dataset)."""
+    if n is None or n >= len(index):
+        return index
+    rng = np.random.default_rng(seed)
+    keep = np.sort(rng.choice(len(index), size=n, replace=False))
+    return index.iloc[keep].reset_index(drop=True)
+
+
+def targets_of(index: pd.DataFrame, classes: Sequence[str]) -> np.ndarray:
+    """(N, C) float32 with NaN where the site does not provide a class or the label is unknown."""
+    out = np.full((len(index), len(classes)), np.nan, dtype=np.float32)
+    for j, c in enumerate(classes):
+        if c in index.columns:
+            out[:, j] = index[c].to_numpy(dtype=np.float32, na_value=np.nan)
+    return out
+
+
+def to_model_input(img: np.ndarray, size: int, in_chans: int) -> torch.Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))[None, None]
+    if t.shape[-2:] != (size, size):
+        t = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    t = (t[0] - GREY_MEAN) / GREY_STD
+    return t.expand(in_chans, -1, -1).contiguous() if in_chans != 1 else t
+
+
+def augment_batch(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Mild, anatomy-preserving augmentation: random scale 0.9-1.1, shift +-6%, rotation +-7 deg.
+
+    No horizontal flips: the heart's side is diagnostic information on chest films.
+    """
+    b = x.shape[0]
+    scale = 0.9 + 0.2 * torch.rand(b, generator=gen)
+    ang = (torch.rand(b, generator=gen) - 0.5) * (2 * 7 * np.pi / 180)
+    shift = (torch.rand(b, 2, generator=gen) - 0.5) * 0.12
+    cos, sin = torch.cos(ang) / scale, torch.sin(ang) / scale
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    fill = (0.0 - GREY_MEAN) / GREY_STD  # outside the film is air (dark)
+    out = F.grid_sample(x - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + fill
+    return out
+
+
+@dataclass
+class BadImages:
+    """Images that failed to decode under policy `skip`: reported, never silently lost."""
+
+    paths: dict[str, str] = field(default_factory=dict)
+
+    def add(self, path: str, reason: str) -> None:
+        self.paths[path] = reason
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+class ImageBatches:
+    """Deterministic batches over an index: `epoch_batches(epoch)` yields (rows, x, y).
+
+    Decoded images are cached in memory (as float16 at model size) after first use
+    when the set is small (`cache_limit` images), which is the common CPU/demo case;
+    large sets go through `bench data prepare` caches instead.
+    """
+
+    def __init__(
+        self,
+        index: pd.DataFrame,
+        image_size: int,
+        in_chans: int,
+        classes: Sequence[str] | None,
+        batch_size: int,
+        seed: int,
+        policy: str = "skip",
+        shuffle: bool = True,
+        drop_last: bool = False,
+        cache_limit: int = 20000,
+    ) -> None:
+        from bench.data.io import read_image  # pixel decoding lives in the data layer
+
+        self._read = read_image
+        self.index = index.reset_index(drop=True)
+        self.paths = self.index["path"].astype(str).tolist()
+        self.size = image_size
+        self.in_chans = in_chans
+        self.targets = targets_of(self.index, classes) if classes else None
+        self.batch_size = batch_size
+        self.seed = seed
+        if policy not in ("skip", "fail"):
+            raise ValueError(f"image policy {policy!r} is not one of skip, fail")
+        self.policy = policy
+        self.shuffle = shuffle
+        self.drop_last = drop_last and len(self.paths) >= batch_size
+        self.bad = BadImages()
+        self._cache: dict[int, torch.Tensor] = {} if len(self.paths) <= cache_limit else None  # type: ignore[assignment]
+
+    def __len__(self) -> int:
+        n = len(self.paths)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def order(self, epoch: int) -> np.ndarray:
+        n = len(self.paths)
+        if not self.shuffle:
+            return np.arange(n)
+        return np.random.default_rng([self.seed, epoch]).permutation(n)
+
+    def _load(self, i: int) -> torch.Tensor | None:
+        if self._cache is not None and i in self._cache:
+            return self._cache[i].float()
+        path = self.paths[i]
+        if path in self.bad.paths:
+            return None
+        try:
+            img = self._read(path)
+        except DataError as exc:
+            if self.policy == "fail":
+                raise
+            self.bad.add(path, str(exc))
+            log.warning("skipping unreadable image %s: %s", path, exc)
+            return None
+        # Always round through float16 (what the cache stores), so that a cached and a freshly
+        # decoded image are bit-identical; this is what keeps resumed runs exact.
+        t = to_model_input(img, self.size, self.in_chans).half()
+        if self._cache is not None:
+            self._cache[i] = t
+        return t.float()
+
+    def batch(self, rows: np.ndarray) -> tuple[np.ndarray, torch.Tensor, torch.Tensor | None]:
+        kept, xs = [], []
+        for i in rows:
+            t = self._load(int(i))
+            if t is not None:
+                kept.append(int(i))
+                xs.append(t)
+        rows_kept = np.asarray(kept, dtype=np.int64)
+        if not xs:
+            return rows_kept, torch.empty(0, self.in_chans, self.size, self.size), None
+        x = torch.stack(xs)
+        y = torch.from_numpy(self.targets[rows_kept]) if self.targets is not None else None
+        return rows_kept, x, y
+
+    def epoch_batches(self, epoch: int, start_step: int = 0) -> Iterator[tuple[int, np.ndarray, torch.Tensor, torch.Tensor | None]]:
+        order = self.order(epoch)
+        for step in range(start_step, len(self)):
+            rows = order[step * self.batch_size : (step + 1) * self.batch_size]
+            kept, x, y = self.batch(rows)
+            if len(kept) == 0:
+                continue
+            yield step, kept, x, y

@@ -1,0 +1,65 @@
+"""Evaluate stage: a fine-tuned model's probabilities on one site split -> predictions.parquet.
+
+One row per image: `image_id, patient_id, site, split` then `label:<class>` (1/0/NaN)
+and `prob:<class>` for every class the model outputs. The truth comes from the
+evaluation site's own index, so classes it does not provide are NaN and the report
+decides which classes a column averages.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+import torch
+
+from bench.train.data import ImageBatches, load_index
+from bench.train.finetune import predict
+
+if TYPE_CHECKING:
+    from bench.execute import RunContext
+    from bench.plan import Stage
+    from bench.store import Store
+    from bench.tracking import StageLogger
+
+
+def run_evaluate(stage: "Stage", store: "Store", logger: "StageLogger", ctx: "RunContext") -> tuple[list[str], dict[str, Any]]:
+    import backbones
+    from reports.metrics import auc_per_class
+
+    cfg = stage.config
+    ft_key = stage.upstream[0]
+    saved = torch.load(store.path(ft_key, "model.pt"), map_location="cpu", weights_only=True)
+    classes: list[str] = list(saved["classes"])
+    model = backbones.create(saved["backbone"], init="random", in_chans=cfg["in_chans"], num_classes=len(classes), img_size=cfg["image_size"])
+    model.load_state_dict(saved["state_dict"])
+    site = cfg["site"]
+    index = load_index(site, stage.paths[site], cfg["site_options"], [cfg["split"]])
+    batches = ImageBatches(
+        index, image_size=cfg["image_size"], in_chans=cfg["in_chans"], classes=classes, batch_size=64, seed=0, shuffle=False, policy=ctx.image_policy
+    )
+    probs, rows = predict(model, batches)
+    sub = index.iloc[rows].reset_index(drop=True)
+    out = pd.DataFrame(
+        {
+            "image_id": sub["image_id"].astype(str),
+            "patient_id": sub["patient_id"].astype(str),
+            "site": site,
+            "split": cfg["split"],
+        }
+    )
+    truth = batches.targets[rows]
+    for j, c in enumerate(classes):
+        out[f"label:{c}"] = truth[:, j]
+        out[f"prob:{c}"] = probs[:, j]
+    with store.write_output(stage.key, "predictions.parquet") as tmp:
+        out.to_parquet(tmp, index=False)
+    aucs = auc_per_class(truth, probs)
+    summary = {"images": int(len(out)), "bad_images": len(batches.bad)}
+    for c, a in zip(classes, aucs):
+        if a == a:  # not NaN
+            summary[f"auc.{c}"] = float(a)
+    if len(batches.bad):
+        logger.text(f"skipped {len(batches.bad)} unreadable images: {sorted(batches.bad.paths)}")
+    logger.text(f"evaluated {len(out)} images of {site}/{cfg['split']}")
+    return ["predictions.parquet"], summary

@@ -1,0 +1,215 @@
+"""The one training loop shared by pre-training and fine-tuning.
+
+It owns the optimiser (AdamW or SGD), the per-iteration warm-up + cosine schedule
+(base lr -> floor), gradient clipping, NaN/inf detection and checkpoints. Methods
+and heads only supply `step_fn(x, y) -> (loss, logs)`.
+
+Resumability: every step re-seeds torch from (seed, epoch, step) and batches come
+from a permutation of (seed, epoch), so a checkpoint needs only the model, optimiser,
+position and caller state to make a resumed run bit-identical to an uninterrupted
+one on CPU. Checkpoints are written at epoch ends, every `checkpoint_seconds`, and
+when the run is interrupted (Ctrl-C / SIGTERM), always atomically.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from bench.tracking import StageLogger
+from bench.train.data import ImageBatches
+
+
+class NonFiniteLoss(FloatingPointError):
+    pass
+
+
+@dataclass
+class OptimCfg:
+    epochs: int
+    lr: float
+    min_lr: float = 1e-6
+    weight_decay: float = 0.04
+    warmup_epochs: float = 0.0
+    clip_grad: float | None = None
+    optimizer: str = "adamw"
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+def lr_at(step: int, total: int, warmup: int, base: float, final: float) -> float:
+    """Linear warm-up from 0 over `warmup` steps, then half-cosine from `base` to `final`."""
+    if warmup > 0 and step < warmup:
+        return base * (step + 1) / warmup
+    span = max(1, total - warmup)
+    t = min(1.0, (step - warmup) / span)
+    return final + 0.5 * (base - final) * (1 + math.cos(math.pi * t))
+
+
+def default_param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """No weight decay on 1-D tensors (norms, biases), as DINO/MAE/GMML do."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(groups: list[dict[str, Any]], cfg: OptimCfg) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9)
+    raise ValueError(f"optimizer {cfg.optimizer!r} is not one of adamw, sgd")
+
+
+def step_seed(seed: int, epoch: int, step: int) -> int:
+    return (seed * 1_000_003 + epoch * 10_007 + step) % (2**63 - 1)
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+class _Preempted(KeyboardInterrupt):
+    """SIGTERM (SLURM preemption, `kill`) handled like Ctrl-C: checkpoint, then stop."""
+
+
+def fit(
+    *,
+    model: nn.Module,
+    groups: list[dict[str, Any]],
+    batches: ImageBatches,
+    step_fn: Callable[[torch.Tensor, torch.Tensor | None, torch.Generator], tuple[torch.Tensor, dict[str, float]]],
+    cfg: OptimCfg,
+    seed: int,
+    checkpoint: Path,
+    logger: StageLogger,
+    state: dict[str, Any] | None = None,
+    epoch_end: Callable[[int], dict[str, float]] | None = None,
+    after_step: Callable[[float], None] | None = None,
+    checkpoint_seconds: float = 300.0,
+    progress: bool = False,
+    desc: str = "train",
+    stop_after_steps: int | None = None,
+) -> dict[str, Any]:
+    """Train `model` for `cfg.epochs`; returns `state` (caller-owned, checkpointed with the model).
+
+    `stop_after_steps` ends the call early after that many optimiser steps in *this*
+    call (after checkpointing), which is how tests simulate a kill at an arbitrary step.
+    """
+    state = state if state is not None else {}
+    opt = make_optimizer(groups, cfg)
+    steps_per_epoch = len(batches)
+    total = max(1, cfg.epochs * steps_per_epoch)
+    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    epoch, start_step, global_step = 0, 0, 0
+    if checkpoint.exists():
+        ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        epoch, start_step, global_step = ck["epoch"], ck["step"], ck["global_step"]
+        state.update(ck.get("state", {}))
+        logger.text(f"resumed from checkpoint at epoch {epoch} step {start_step} (global step {global_step})")
+
+    def save(ep: int, st: int) -> None:
+        _atomic_save(
+            {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "epoch": ep,
+                "step": st,
+                "global_step": global_step,
+                "state": state,
+            },
+            checkpoint,
+        )
+
+    old_handler = None
+    try:
+        old_handler = signal.signal(signal.SIGTERM, _raise_preempted)
+    except ValueError:  # not in the main thread
+        old_handler = None
+    last_ckpt = time.time()
+    steps_this_call = 0
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, initial=global_step, desc=desc, leave=False, dynamic_ncols=True)
+    try:
+        while epoch < cfg.epochs:
+            model.train()
+            sums: dict[str, float] = {}
+            count = 0
+            for step, _, x, y in batches.epoch_batches(epoch, start_step):
+                s = step_seed(seed, epoch, step)
+                torch.manual_seed(s)
+                gen = torch.Generator().manual_seed(s)
+                lr = lr_at(global_step, total, warmup, cfg.lr, cfg.min_lr)
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                loss, logs = step_fn(x, y, gen)
+                if not torch.isfinite(loss):
+                    raise NonFiniteLoss(
+                        f"loss became {loss.item()} at epoch {epoch} step {step} (global step {global_step}); "
+                        "lower the learning rate or check the input data"
+                    )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.clip_grad:
+                    torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.clip_grad)
+                opt.step()
+                global_step += 1
+                steps_this_call += 1
+                if after_step is not None:
+                    after_step(global_step / total)
+                for k, v in {"loss": float(loss.detach()), **logs}.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+                count += 1
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(epoch=epoch, loss=f"{float(loss):.4f}")
+                if time.time() - last_ckpt > checkpoint_seconds:
+                    save(epoch, step + 1)
+                    last_ckpt = time.time()
+                if stop_after_steps is not None and steps_this_call >= stop_after_steps:
+                    save(epoch, step + 1)
+                    return state
+            metrics = {f"train_{k}": v / max(1, count) for k, v in sums.items()}
+            metrics["lr"] = lr_at(max(0, global_step - 1), total, warmup, cfg.lr, cfg.min_lr)
+            if epoch_end is not None:
+                metrics.update(epoch_end(epoch))
+            logger.metrics(metrics, step=epoch)
+            epoch, start_step = epoch + 1, 0
+            save(epoch, 0)
+            last_ckpt = time.time()
+    except KeyboardInterrupt:
+        logger.text(f"interrupted at epoch {epoch}; checkpoint kept at {checkpoint}")
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+        if old_handler is not None:
+            signal.signal(signal.SIGTERM, old_handler)
+    return state
+
+
+def _raise_preempted(signum: int, frame: Any) -> None:
+    raise _Preempted(f"received signal {signum}")

@@ -1,0 +1,136 @@
+"""Pre-training stage: an SSL method (or supervised labels) on one site; exports the encoder.
+
+Output `encoder.pt` is a plain state dict in the backbone's own key names (no head),
+which the fine-tune stage loads through `backbones.create(..., init=<path>)` with no
+missing backbone keys.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from bench.data.labels import label_set
+from bench.train.data import ImageBatches, load_index, seeded_subset
+from bench.train.loop import OptimCfg, default_param_groups, fit
+
+if TYPE_CHECKING:
+    from bench.execute import RunContext
+    from bench.plan import Stage
+    from bench.store import Store
+    from bench.tracking import StageLogger
+
+
+def resolve_init(init: str) -> str:
+    """Matrix `init` -> what `backbones.create` takes (`file:<path>` becomes the path)."""
+    return init[len("file:") :] if init.startswith("file:") else init
+
+
+class SupervisedPretrainer(nn.Module):
+    """Label-driven pre-training (Krones exp. 2.3/2.4): masked multi-label BCE on a site's labels."""
+
+    def __init__(self, backbone: str, init: str, in_chans: int, img_size: int, n_classes: int) -> None:
+        super().__init__()
+        import backbones
+
+        self.model = backbones.create(backbone, init=init, in_chans=in_chans, num_classes=n_classes, img_size=img_size)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        return masked_bce(self.model(x), y), {}
+
+    def encoder_state_dict(self) -> dict[str, torch.Tensor]:
+        head = {f"{n}" for n, _ in _head_params(self.model)}
+        return {k: v.detach().clone() for k, v in self.model.state_dict().items() if k not in head}
+
+
+def _head_params(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    clf = model.get_classifier()
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [(names[id(p)], p) for p in clf.parameters()]
+
+
+def masked_bce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean BCE over the known labels only (NaN = unknown, e.g. CheXpert U-Ignore)."""
+    known = ~torch.isnan(y)
+    if not known.any():
+        return logits.sum() * 0.0
+    return nn.functional.binary_cross_entropy_with_logits(logits[known], y[known])
+
+
+def run_pretrain(stage: "Stage", store: "Store", logger: "StageLogger", ctx: "RunContext") -> tuple[list[str], dict[str, Any]]:
+    import ssl_methods
+
+    cfg = stage.config
+    p = cfg["pretrain"]
+    site = p["dataset"]
+    index = load_index(site, stage.paths[site], p["site_options"], p["splits"])
+    seed = 0
+    index = seeded_subset(index, p["subset"], seed)
+    supervised = p["method"] == "supervised"
+    classes = label_set(p["classes"]) if supervised else None
+    logger.text(f"pre-training {p['method']} on {site}: {len(index)} images, backbone {cfg['backbone']}")
+    batches = ImageBatches(
+        index,
+        image_size=cfg["image_size"],
+        in_chans=cfg["in_chans"],
+        classes=classes,
+        batch_size=p["batch_size"],
+        seed=seed,
+        policy=ctx.image_policy,
+        drop_last=True,
+    )
+    init = resolve_init(cfg["init"])
+    if supervised:
+        assert classes is not None
+        method: nn.Module = SupervisedPretrainer(cfg["backbone"], init, cfg["in_chans"], cfg["image_size"], len(classes))
+        groups = default_param_groups(method, p["weight_decay"])
+
+        def step_fn(x: torch.Tensor, y: torch.Tensor | None, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+            assert y is not None
+            return method(x, y)
+
+    else:
+        method = ssl_methods.create(
+            p["method"],
+            backbone=cfg["backbone"],
+            img_size=cfg["image_size"],
+            in_chans=cfg["in_chans"],
+            init=init,
+            **p["options"],
+        )
+        groups = method.param_groups(p["weight_decay"])
+
+        def step_fn(x: torch.Tensor, y: torch.Tensor | None, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+            return method(x)
+
+    after = getattr(method, "after_step", None)
+    optim = OptimCfg(
+        epochs=p["epochs"],
+        lr=p["lr"],
+        min_lr=p["min_lr"],
+        weight_decay=p["weight_decay"],
+        warmup_epochs=p["warmup_epochs"],
+        clip_grad=p["clip_grad"],
+    )
+    state = fit(
+        model=method,
+        groups=groups,
+        batches=batches,
+        step_fn=step_fn,
+        cfg=optim,
+        seed=seed,
+        checkpoint=store.path(stage.key, "checkpoint.pt"),
+        logger=logger,
+        after_step=after,
+        progress=ctx.progress,
+        desc=f"pretrain {p['method']}",
+        state={},
+    )
+    if len(batches.bad):
+        logger.text(f"skipped {len(batches.bad)} unreadable images: {sorted(batches.bad.paths)}")
+    with store.write_output(stage.key, "encoder.pt") as tmp:
+        torch.save(method.encoder_state_dict(), tmp)
+    summary = {"images": len(index), "bad_images": len(batches.bad), **{k: v for k, v in state.items() if isinstance(v, float)}}
+    return ["encoder.pt"], summary

@@ -1,0 +1,102 @@
+"""Metric registry and the ranking metrics (ROC AUC) every report is built on.
+
+Metrics are plain functions with scikit-learn's argument order `(y_true, y_score,
+**options)` and no torch anywhere, so reports run on any machine that has the
+prediction files.
+
+Array conventions shared by every metric module in `reports/`:
+
+* `y_true`: float array, shape (N, C) (or (N,) for one class), columns in the
+  order of the row's `classes`; 1.0 positive, 0.0 negative, NaN unknown. Unknown
+  entries are dropped *per class*, never per image.
+* `y_score`: float array, same shape, the model's probability for each class.
+
+Other modules (`thresholds`, `calibration`, `referral`, `multiclass`, `baselines`)
+register their metrics here; `get(name)` imports them on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from bench.registry import Registry
+
+MetricFn = Callable[..., Any]
+
+METRICS: Registry[MetricFn] = Registry("metric")
+
+# Modules that register metrics; loaded lazily so `reports.metrics` itself stays light.
+_BUILTIN = ("thresholds", "calibration", "referral", "multiclass", "baselines")
+
+
+def register_metric(name: str) -> Callable[[MetricFn], MetricFn]:
+    """Decorator: record a metric function under `name` (see `bench list metrics`)."""
+    return METRICS.register(name)
+
+
+def _load_builtin() -> None:
+    for mod in _BUILTIN:
+        importlib.import_module(f"reports.{mod}")
+
+
+def get(name: str) -> MetricFn:
+    """Look a metric up by name; unknown names raise a KeyError listing all metrics."""
+    _load_builtin()
+    return METRICS.get(name)
+
+
+def list_metrics() -> list[str]:
+    _load_builtin()
+    return METRICS.names()
+
+
+def as_label_matrix(y_true: Any, y_score: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Validate and coerce a (labels, scores) pair to float64 arrays of shape (N, C).
+
+    1-D inputs become one column. Labels must be 0, 1 or NaN; scores must be finite.
+    """
+    t = np.asarray(y_true, dtype=np.float64)
+    s = np.asarray(y_score, dtype=np.float64)
+    if t.ndim == 1:
+        t = t[:, None]
+    if s.ndim == 1:
+        s = s[:, None]
+    if t.ndim != 2 or t.shape != s.shape:
+        raise ValueError(f"y_true {t.shape} and y_score {s.shape} must both be (N, C) with equal shapes")
+    known = ~np.isnan(t)
+    if not np.all((t[known] == 0.0) | (t[known] == 1.0)):
+        bad = np.unique(t[known][(t[known] != 0.0) & (t[known] != 1.0)])[:5]
+        raise ValueError(f"y_true must hold 0, 1 or NaN; found {bad.tolist()}")
+    if not np.all(np.isfinite(s)):
+        raise ValueError("y_score holds NaN or infinite values")
+    return t, s
+
+
+@register_metric("auc_per_class")
+def auc_per_class(y_true: Any, y_score: Any) -> np.ndarray:
+    """ROC AUC per class, shape (C,), via `sklearn.metrics.roc_auc_score`.
+
+    Rows whose truth is NaN are dropped for that class only. A class whose known
+    labels are all one value has no defined AUC and gets NaN (the Krones code writes
+    0 there and then skips it; NaN says the same thing without a magic number).
+    """
+    t, s = as_label_matrix(y_true, y_score)
+    out = np.full(t.shape[1], np.nan)
+    for c in range(t.shape[1]):
+        keep = ~np.isnan(t[:, c])
+        yc = t[keep, c]
+        if yc.size == 0 or yc.min() == yc.max():
+            continue
+        out[c] = roc_auc_score(yc, s[keep, c])
+    return out
+
+
+@register_metric("mean_auc")
+def mean_auc(y_true: Any, y_score: Any) -> float:
+    """Mean of `auc_per_class` over the classes where both labels occur; NaN if none."""
+    per = auc_per_class(y_true, y_score)
+    return float(np.nanmean(per)) if np.any(~np.isnan(per)) else float("nan")

@@ -1,0 +1,121 @@
+"""The one interface every pre-training method implements.
+
+The generic loop in `bench/train/` only does: `loss, logs = method(images)`,
+backward, optimiser step over `method.param_groups(wd)`, then
+`method.after_step(progress)`. Everything method-specific - views, masks,
+augmentations (made inside `forward` with torch RNG), teachers, heads - lives in
+the method. `encoder_state_dict()` returns the weights the fine-tune stage loads
+with `backbones.create(backbone, init=<file>)`: exactly the key names of
+`backbones.create(backbone, num_classes=0, img_size=..., in_chans=...)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from torch import Tensor, nn
+
+import backbones
+
+C = TypeVar("C")
+
+
+class ConfigError(ValueError):
+    """A method config has unknown keys or bad values; the message lists the valid keys."""
+
+
+def parse_config(config_cls: type[C], cfg: dict[str, Any], method: str) -> C:
+    """Build the dataclass `config_cls` from `cfg`, rejecting unknown keys.
+
+    Lists/tuples from YAML are converted to tuples for tuple-typed defaults.
+    """
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(cfg) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"ssl method {method!r}: unknown config keys {unknown}; valid keys: {', '.join(sorted(fields))}"
+        )
+    values: dict[str, Any] = {}
+    for key, val in cfg.items():
+        if isinstance(val, list):
+            val = tuple(val)
+        values[key] = val
+    return config_cls(**values)
+
+
+class SSLMethod(nn.Module):
+    """Base class: a self-supervised objective around one backbone.
+
+    Subclasses set `name`, `supported_families` and implement `forward` and
+    `export_encoder`. `images` passed to `forward` are (B, C, H, W) float tensors
+    scaled like the fine-tuning input (the loop normalises both the same way);
+    C equals `in_chans`.
+    """
+
+    name: ClassVar[str]
+    supported_families: ClassVar[tuple[str, ...]] = ("vit",)
+
+    def __init__(self, *, backbone: str, img_size: int, in_chans: int, init: str | Path) -> None:
+        super().__init__()
+        spec = backbones.get_spec(backbone)
+        if spec.family not in self.supported_families:
+            ok = [n for n in backbones.list_backbones() if backbones.get_spec(n).family in self.supported_families]
+            raise ConfigError(
+                f"ssl method {self.name!r} does not support backbone {backbone!r} (family {spec.family!r}); "
+                f"supported backbones: {', '.join(ok)}"
+            )
+        self.backbone_name = backbone
+        self.img_size = int(img_size)
+        self.in_chans = int(in_chans)
+        self.init = str(init)
+
+    def forward(self, images: Tensor) -> tuple[Tensor, dict[str, float]]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def export_encoder(self) -> nn.Module:  # pragma: no cover - abstract
+        """The timm backbone whose weights are exported (e.g. a DINO teacher)."""
+        raise NotImplementedError
+
+    def encoder_state_dict(self) -> dict[str, Tensor]:
+        """Detached CPU copies of the exported backbone's weights (timm key names)."""
+        return {k: v.detach().cpu().clone() for k, v in self.export_encoder().state_dict().items()}
+
+    def after_step(self, progress: float) -> None:
+        """Called after each optimiser step; `progress` in [0, 1] over the whole run."""
+
+    def no_weight_decay_names(self) -> set[str]:
+        """Extra parameter names (full names in `named_parameters`) exempt from decay."""
+        return set()
+
+    def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        """Two AdamW groups: decayed weights and undecayed 1-D tensors / biases.
+
+        The DINO/MAE rule: no decay on tensors with ndim <= 1 or names ending in
+        `.bias` (so `cls_token`/`pos_embed`/`mask_token` are decayed unless a method
+        lists them in `no_weight_decay_names`). Frozen parameters are left out.
+        """
+        skip = self.no_weight_decay_names()
+        decay: list[nn.Parameter] = []
+        no_decay: list[nn.Parameter] = []
+        for pname, param in self.named_parameters():
+            if not param.requires_grad:
+                continue
+            if param.ndim <= 1 or pname.endswith(".bias") or pname in skip:
+                no_decay.append(param)
+            else:
+                decay.append(param)
+        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return [g for g in groups if g["params"]]
+
+
+def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
+    """theta_t <- m * theta_t + (1 - m) * theta_s over matching parameters (in place).
+
+    Buffers (BatchNorm statistics) are not averaged, as in DINO/SiT/MoCo v3.
+    """
+    with torch.no_grad():
+        for p_t, p_s in zip(teacher.parameters(), student.parameters(), strict=True):
+            p_t.mul_(momentum).add_(p_s.detach(), alpha=1.0 - momentum)

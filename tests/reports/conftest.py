@@ -1,0 +1,57 @@
+"""Fixtures: real prediction parquet files and manifests built from small arrays."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import pytest
+
+
+def write_predictions(
+    path: Path, y_true: np.ndarray, y_score: np.ndarray, classes: Sequence[str], site: str = "s", split: str = "test"
+) -> Path:
+    """Write a predictions parquet in the DESIGN.md format."""
+    y_true = np.asarray(y_true, dtype=float).reshape(len(y_true), -1)
+    y_score = np.asarray(y_score, dtype=float).reshape(len(y_score), -1)
+    n = y_true.shape[0]
+    df = pd.DataFrame(
+        {
+            "image_id": [f"img{i:06d}" for i in range(n)],
+            "patient_id": [f"p{i // 2:06d}" for i in range(n)],
+            "site": site,
+            "split": split,
+        }
+    )
+    for j, c in enumerate(classes):
+        df[f"label:{c}"] = y_true[:, j]
+        df[f"prob:{c}"] = y_score[:, j]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    df.to_parquet(path, index=False)
+    return path
+
+
+@pytest.fixture
+def make_row(tmp_path: Path) -> Callable[..., dict]:
+    """Returns `make_row(experiment, seed, column, y_true, y_score, classes, **extra) -> manifest row`."""
+
+    def _make(experiment, seed, column, y_true, y_score, classes, **extra) -> dict:
+        f = tmp_path / "preds" / f"{experiment}_{seed}_{column}.parquet".replace(" ", "_")
+        write_predictions(f, y_true, y_score, classes, site=str(column))
+        row = {
+            "experiment": experiment,
+            "seed": seed,
+            "column": column,
+            "site": str(column),
+            "split": "test",
+            "classes": list(classes),
+            "predictions": str(f),
+            "stage_key": f"evaluate-{experiment}-{seed}-{column}",
+            "run_id": f"run{experiment}{seed}{column}".replace(" ", "").replace(".", ""),
+        }
+        row.update(extra)
+        return row
+
+    return _make
