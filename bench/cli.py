@@ -4,6 +4,7 @@
     bench plan MATRIX     print the stage DAG and counts, run nothing
     bench status MATRIX   what is done / failed / pending in the store
     bench report MATRIX   rebuild tables and figures from stored predictions
+    bench audit MATRIX    leakage audit (shared images/patients between stages' data)
     bench data ...        synthetic data, dataset tables, preprocessing caches
     bench list FAMILY     registered backbones, methods, sites, label sets, metrics
     bench ui              how to open the MLflow UI on this results folder
@@ -124,6 +125,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    from bench.audit import audit_plan, format_audit
+    from bench.plan import build_plan
+
+    report = audit_plan(build_plan(_load(args)))
+    print(format_audit(report))
+    if args.csv:
+        report.to_csv(args.csv, index=False)
+        print(f"wrote {args.csv}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from bench.plan import build_plan
     from bench.runner import reports_dir, store_of, write_reports
@@ -224,11 +237,14 @@ def build_parser() -> argparse.ArgumentParser:
         ("plan", cmd_plan, "print the stage DAG (with done/todo) and counts per kind; runs nothing"),
         ("status", cmd_status, "state of every stage of a matrix in the store"),
         ("report", cmd_report, "rebuild tables and figures from stored predictions (no training)"),
+        ("audit", cmd_audit, "leakage audit: images/patients shared between pre-training, fine-tuning and evaluation"),
     ):
         q = sub.add_parser(name, help=help_)
         q.add_argument("matrix", type=Path)
         _add_results(q)
         _add_data_root(q)
+        if name == "audit":
+            q.add_argument("--csv", type=Path, default=None, help="also write the audit as CSV")
         q.set_defaults(fn=fn)
 
     d = sub.add_parser("data", help="datasets: synthetic generator, tables, caches")
@@ -269,12 +285,13 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from bench.data.sites import DataError
     from bench.matrix import MatrixError
+    from bench.audit import LeakageError
     from bench.store import StoreError
 
     fn: Callable[[argparse.Namespace], int] = args.fn
     try:
         return fn(args)
-    except (MatrixError, DataError, StoreError, CLIError) as exc:
+    except (MatrixError, DataError, StoreError, CLIError, LeakageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyError as exc:  # unknown registry names outside matrix validation

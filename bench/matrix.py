@@ -188,6 +188,7 @@ class Experiment(_Strict):
     pretrain: PretrainCfg = Field(default_factory=PretrainCfg)
     finetune: FinetuneCfg = Field(default_factory=FinetuneCfg)
     evaluate: list[EvalTarget] = Field(default_factory=list)
+    allow_leakage: bool = False  # accept fine-tune/evaluation patient overlap (reported by the audit)
 
     @field_validator("backbone")
     @classmethod

@@ -36,6 +36,7 @@ class RunOptions:
     image_policy: str = "skip"
     report: bool = True
     progress: bool = True
+    audit: bool = True
 
 
 def store_of(results: Path) -> Store:
@@ -144,6 +145,15 @@ def run_matrix(matrix: Matrix, opts: RunOptions) -> tuple[RunSummary, Plan, list
     plan = build_plan(matrix)
     store = store_of(results)
     preflight(plan, store)
+    if opts.audit:
+        from bench.audit import audit_plan, check_leakage
+
+        report = audit_plan(plan)
+        check_leakage(report, matrix.path)
+        shared = report[report["shared_patients"] > 0] if not report.empty else report
+        for r in shared.itertuples():
+            log.warning("leakage audit: experiment %s %s shares %d patients / %d images (%s vs %s)",
+                        r.experiment, r.pair, r.shared_patients, r.shared_images, r.a, r.b)
     stages = plan.ordered()
     uri = opts.tracking_uri
     tracker = Tracker(uri, artifact_root=results / "mlartifacts") if uri else None

@@ -65,7 +65,7 @@ def build_reports(
     n_boot: int = 2000,
     boot_seed: int = 0,
     alpha: float = 0.05,
-    max_bootstrap_images: int = 5000,
+    max_bootstrap_images: int = 1000,
     make_figures: bool = True,
 ) -> list[Path]:
     """Compute and write all applicable tables and figures; returns the written paths.
@@ -183,8 +183,9 @@ def _mark_tied(table: Table, stats: dict[str, ColumnStats], alpha: float) -> Non
         methods.add(f"{col}: {st.method}")
         for row in table.rows:
             d = st.vs_best.get(_exp_key(st, row.label))
-            if d is not None and not math.isnan(d.p_value) and d.p_value >= alpha:
-                row.cells[j].tied = True
+            cell = row.cells[j]
+            if d is not None and not cell.bold and not math.isnan(d.p_value) and d.p_value >= alpha:
+                cell.tied = True
     table.notes.append(
         f"† not significantly different from the best of its column (two-sided, alpha = {alpha}); "
         f"image-level tests on the seed-averaged mean AUC ({'; '.join(sorted(methods))})."

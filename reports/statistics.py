@@ -39,8 +39,15 @@ from reports.metrics import as_label_matrix
 DEFAULT_N_BOOT = 2000
 # Replicate chunks are capped at this many weights (B_chunk x N) to bound memory.
 _CHUNK_CELLS = 4_000_000
-# Above this many (positive, negative) pairs `weighted_auc` sorts instead of using the pair matrix.
+# `weighted_auc` uses the (positive x negative) pair matrix while it has at most
+# `_PAIR_CELLS` entries and at most `_PAIR_PER_IMAGE` x N (a BLAS multiply-add costs
+# far less than the ~10 array passes per image of the sort path); else it sorts.
 _PAIR_CELLS = 2_000_000
+_PAIR_PER_IMAGE = 64
+
+
+def _use_pairs(m: int, n: int) -> bool:
+    return m * n <= min(_PAIR_CELLS, _PAIR_PER_IMAGE * (m + n))
 
 
 @dataclass(frozen=True)
@@ -175,7 +182,7 @@ def weighted_auc(y: np.ndarray, s: np.ndarray, w: np.ndarray) -> np.ndarray:
     m, n = int(pos.sum()), int((~pos).sum())
     if m == 0 or n == 0:
         return np.full(w.shape[0], np.nan)
-    if m * n > _PAIR_CELLS:
+    if not _use_pairs(m, n):
         return _sorted_auc(y, s, w)
     wp = w[:, pos].astype(np.float64)
     wn = w[:, ~pos].astype(np.float64)
@@ -199,7 +206,8 @@ def _replicates_chunk(t: np.ndarray, runs: list[np.ndarray], w: np.ndarray) -> l
         if m == 0 or n == 0:
             continue
         wc = w[:, keep]
-        if m * n <= _PAIR_CELLS:
+        pairs = _use_pairs(m, n)
+        if pairs:
             # weights split once per class, shared by every experiment and seed
             wp = wc[:, pos].astype(np.float64)
             wn = wc[:, ~pos].astype(np.float64)
@@ -207,7 +215,7 @@ def _replicates_chunk(t: np.ndarray, runs: list[np.ndarray], w: np.ndarray) -> l
         for r, s in enumerate(runs):
             for k in range(s.shape[0]):
                 sc = s[k, keep, c]
-                if m * n <= _PAIR_CELLS:
+                if pairs:
                     per[r][k, c] = _pair_auc(sc[pos], sc[~pos], wp, wn, den)
                 else:
                     per[r][k, c] = _sorted_auc(yc, sc, wc)

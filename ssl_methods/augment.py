@@ -71,7 +71,9 @@ def color_jitter(
     return apply * out + (1 - apply) * images
 
 
-def gaussian_blur(images: Tensor, p: float, sigma: tuple[float, float] = (0.1, 2.0), ref_size: int = 224) -> Tensor:
+def gaussian_blur(
+    images: Tensor, p: float, sigma: tuple[float, float] = (0.1, 2.0), ref_size: float = 224
+) -> Tensor:
     """With probability `p` per sample, blur with sigma ~ U(sigma) pixels (scaled by
     H/ref_size so small CPU crops blur like 224-px ones). Separable, reflect padding."""
     b, c, h, w = images.shape
@@ -104,3 +106,25 @@ def solarize(images: Tensor, p: float, threshold: float = 0.5) -> Tensor:
     apply = torch.rand(images.shape[0], 1, 1, 1, device=images.device) < p
     sol = torch.where(images >= threshold, 1.0 - images, images)
     return torch.where(apply, sol, images)
+
+
+def multiview_crop(
+    images: Tensor,
+    out_size: int | tuple[int, int],
+    *,
+    scale: tuple[float, float],
+    blur_p: float,
+    solarize_p: float = 0.0,
+    jitter_p: float = 0.8,
+    jitter_strength: float = 0.4,
+    hflip: float = 0.5,
+    ref_size: float = 224,
+) -> Tensor:
+    """One DINO/BYOL-style view: RandomResizedCrop + flip, brightness/contrast jitter,
+    Gaussian blur and solarisation, each with its own per-sample probability.
+
+    `ref_size` is the resolution the blur sigma range (0.1-2 px) refers to."""
+    v = random_resized_crop(images, out_size, scale, hflip=hflip)
+    v = color_jitter(v, jitter_strength, jitter_strength, p=jitter_p)
+    v = gaussian_blur(v, p=blur_p, ref_size=ref_size)
+    return solarize(v, p=solarize_p)

@@ -12,6 +12,7 @@ with `backbones.create(backbone, init=<file>)`: exactly the key names of
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -109,6 +110,13 @@ class SSLMethod(nn.Module):
                 decay.append(param)
         groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         return [g for g in groups if g["params"]]
+
+
+def cosine_momentum(base: float, progress: float) -> float:
+    """EMA momentum schedule 1 - (1 - base) * (1 + cos(pi * progress)) / 2: `base` at the
+    start, 1 at the end (DINO/SiT per iteration, MoCo v3 per epoch; here per step)."""
+    progress = min(max(progress, 0.0), 1.0)
+    return 1.0 - (1.0 - base) * (1.0 + math.cos(math.pi * progress)) / 2.0
 
 
 def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:

@@ -22,6 +22,11 @@ def vit_tokens(
 ) -> tuple[Tensor, list[Tensor], tuple[int, int]]:
     """Returns (tokens after the last block, un-normed (B, 1 + L, D); outputs of the
     1-indexed blocks in `collect`, in block order; the (gh, gw) grid)."""
+    patch = enc.patch_embed.patch_size
+    if images.shape[-2] % patch[0] or images.shape[-1] % patch[1]:
+        raise ValueError(
+            f"image size {tuple(images.shape[-2:])} is not a multiple of the patch size {tuple(patch)}"
+        )
     x = enc.patch_embed.proj(images)
     b, _, gh, gw = x.shape
     x = enc.patch_embed.norm(x.flatten(2).transpose(1, 2))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from reports.aggregate import run_metrics, summarise
 from reports.tables import Cell, Row, Table, cell_text, mark_best, metric_table
@@ -46,3 +47,31 @@ def test_bold_ties_use_displayed_digits_and_lower_is_better() -> None:
 def test_missing_cell_prints_dash() -> None:
     assert cell_text(Cell(), 4) == "-"
     assert cell_text(Cell(0.5), 2) == "0.50"
+
+
+def test_per_class_and_size_tables(make_row) -> None:
+    from reports.aggregate import summarise_per_class
+    from reports.tables import per_class_table, size_table
+
+    y2 = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=float)
+    rows = [
+        make_row("dino50", 0, "NIH", y2, [[0.1, 0.1], [0.4, 0.9], [0.35, 0.2], [0.8, 0.8]], ["x", "y"], pretrain_size=50000, series="Dino"),
+        make_row("dino50", 1, "NIH", y2, [[0.1, 0.1], [0.2, 0.9], [0.3, 0.2], [0.4, 0.8]], ["x", "y"], pretrain_size=50000, series="Dino"),
+        make_row("gmml100", 0, "NIH", y2, [[0.5, 0.9], [0.6, 0.1], [0.4, 0.8], [0.7, 0.2]], ["x", "y"], pretrain_size=100000, series="GMML"),
+    ]
+    runs = run_metrics(pd.DataFrame(rows))
+    t3 = per_class_table(summarise_per_class(runs, "NIH"), "NIH", name="t3")
+    assert t3.columns == ["x", "y"]
+    # dino50 class x: seeds 0.75 and 1.0 -> mean 0.875, sd = 0.25 / sqrt(2)
+    assert t3.rows[0].cells[0].mean == pytest.approx(0.875) and t3.rows[0].cells[0].sd == pytest.approx(0.25 / np.sqrt(2))
+    assert t3.rows[0].cells[0].bold and t3.rows[0].cells[1].bold and not t3.rows[1].cells[1].bold
+    t6 = size_table(runs, "NIH", name="t6")
+    assert t6.columns == ["50,000", "100,000"] and [r.label for r in t6.rows] == ["Dino", "GMML"]
+    assert t6.rows[0].cells[0].mean == pytest.approx((0.875 + 1.0) / 2)
+    assert np.isnan(t6.rows[0].cells[1].mean) and cell_text(t6.rows[0].cells[1], 4) == "-"
+    # gmml100: class x positives .4 .7 vs negatives .5 .6 -> 2/4; class y positives .1 .2 vs .9 .8 -> 0
+    assert t6.rows[1].cells[1].mean == pytest.approx(0.25) and np.isnan(t6.rows[1].cells[1].sd)
+
+
+def test_ci_cell_text() -> None:
+    assert cell_text(Cell(0.8, low=0.75, high=0.85), 2) == "0.80 [0.75, 0.85]"
