@@ -45,6 +45,16 @@ def _ssl_method_names() -> list[str]:
     return list(ssl_methods.list_methods())
 
 
+def _dbb_methods() -> list[str]:
+    """Methods whose forward takes a `valid` token mask (padded variable-resolution batches)."""
+    import inspect
+
+    import ssl_methods
+
+    names = ssl_methods.list_methods()
+    return [n for n in names if "valid" in inspect.signature(ssl_methods.METHODS.get(n).forward).parameters]
+
+
 def _backbone_names() -> list[str]:
     import backbones
 
@@ -117,6 +127,13 @@ class PretrainCfg(_Strict):
     def _dataset_needed(self) -> "PretrainCfg":
         if self.method != "none" and self.dataset is None:
             raise ValueError(f"pretrain.method {self.method!r} needs pretrain.dataset (a site name)")
+        if self.batching.mode == "dbb":
+            ok = _dbb_methods()
+            if self.method not in ok:
+                raise ValueError(
+                    f"batching.mode 'dbb' needs a method that takes padded variable-size batches; "
+                    f"{self.method!r} is not one of {', '.join(ok)}"
+                )
         return self
 
 

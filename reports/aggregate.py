@@ -4,8 +4,11 @@ Conventions (the Krones tables):
 
 * Per manifest row (one run on one report column) the headline number is the
   class-mean AUC over the row's `classes` (classes with a single label value are
-  skipped, see `reports.metrics.mean_auc`). Multiclass rows get top-1 and balanced
-  top-1 accuracy instead.
+  skipped, as `reports.metrics.mean_auc` does). The per-class AUCs come from
+  `reports.statistics.class_auc_influence` (one sort per class, equal to
+  scikit-learn's `roc_auc_score` to 1e-12, tested), which also yields the per-image
+  influence values the significance tests need, so each file is read once.
+  Multiclass rows get top-1 and balanced top-1 accuracy.
 * Per (experiment, column): `mean` = mean over seeds; `sd` = **sample standard
   deviation (ddof=1) of the per-seed values across seeds** (NaN with one seed).
   This is training (seed) variance only; image-level uncertainty is in
@@ -16,15 +19,16 @@ Conventions (the Krones tables):
 
 from __future__ import annotations
 
+import hashlib
 from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
 
 from reports.manifest import check_manifest, ordered
-from reports.metrics import auc_per_class
 from reports.multiclass import balanced_top1_accuracy, top1_accuracy
 from reports.predictions import Predictions, load_predictions
+from reports.statistics import class_auc_influence
 
 Loader = Callable[[str, tuple[str, ...]], Predictions]
 
@@ -33,15 +37,21 @@ def run_metrics(manifest: pd.DataFrame, loader: Loader | None = None) -> pd.Data
     """One row per manifest row with its metrics added.
 
     Added columns: `n_images` (int), `auc` (np.ndarray (C,), per class, NaN where
-    undefined), `mean_auc` (float), and for `task == multiclass` rows `top1` and
-    `balanced_top1` (NaN for multilabel rows).
+    undefined), `mean_auc` (float), `influence` (np.ndarray (N,), per-image
+    influence of the class-mean AUC, images sorted by id), `labels_key` (digest of
+    image ids and labels: equal keys = same evaluation set), and for
+    `task == multiclass` rows `top1` and `balanced_top1` (NaN for multilabel rows).
     """
     m = check_manifest(manifest)
     load = loader or load_predictions
-    n_images, aucs, means, top1, btop1 = [], [], [], [], []
+    n_images, aucs, means, top1, btop1, infl, keys = [], [], [], [], [], [], []
     for row in m.itertuples(index=False):
         pred = load(row.predictions, row.classes)
-        per = auc_per_class(pred.y_true, pred.y_score)
+        per, psi = class_auc_influence(pred.y_true, pred.y_score)
+        infl.append(psi)
+        digest = hashlib.sha1(np.ascontiguousarray(pred.y_true).tobytes())
+        digest.update("\0".join(map(str, pred.image_ids)).encode())
+        keys.append(digest.hexdigest())
         n_images.append(pred.n)
         aucs.append(per)
         means.append(float(np.nanmean(per)) if np.any(~np.isnan(per)) else float("nan"))
@@ -57,6 +67,8 @@ def run_metrics(manifest: pd.DataFrame, loader: Loader | None = None) -> pd.Data
     out["mean_auc"] = means
     out["top1"] = top1
     out["balanced_top1"] = btop1
+    out["influence"] = infl
+    out["labels_key"] = keys
     return out
 
 

@@ -12,6 +12,7 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from bench.data.sites import DataError
 
@@ -50,16 +51,21 @@ def load_predictions(path: str | Path, classes: Sequence[str]) -> Predictions:
         raise DataError(f"{p}: predictions file does not exist")
     want = [f"label:{c}" for c in classes] + [f"prob:{c}" for c in classes]
     try:
-        df = pd.read_parquet(p)
+        have = pq.read_schema(p).names
     except Exception as exc:  # pyarrow raises several types for corrupt files
         raise DataError(f"{p}: cannot read predictions parquet ({exc})") from exc
-    missing = [c for c in ("image_id", *want) if c not in df.columns]
+    missing = [c for c in ("image_id", *want) if c not in have]
     if missing:
-        raise DataError(f"{p}: predictions lack columns {missing}; has {list(df.columns)}")
+        raise DataError(f"{p}: predictions lack columns {missing}; has {have}")
+    try:
+        df = pd.read_parquet(p, columns=["image_id", *want])
+    except Exception as exc:
+        raise DataError(f"{p}: cannot read predictions parquet ({exc})") from exc
     if df["image_id"].duplicated().any():
         dup = df.loc[df["image_id"].duplicated(), "image_id"].iloc[0]
         raise DataError(f"{p}: image_id {dup!r} appears more than once")
-    df = df.sort_values("image_id", kind="stable")
+    if not df["image_id"].is_monotonic_increasing:
+        df = df.sort_values("image_id", kind="stable")
     y_true = df[[f"label:{c}" for c in classes]].to_numpy(dtype=np.float64)
     y_score = df[[f"prob:{c}" for c in classes]].to_numpy(dtype=np.float64)
     known = ~np.isnan(y_true)

@@ -30,7 +30,6 @@ from reports.manifest import ordered
 from reports.predictions import Predictions
 from reports.statistics import (
     Difference,
-    auc_influence,
     bootstrap_replicates,
     difference,
     interval,
@@ -101,13 +100,15 @@ def column_stats(
             if e != best:
                 vs[e] = difference(means[best] - means[e], reps[best], reps[e], level)
     else:
+        if g["labels_key"].nunique() != 1:
+            raise DataError(f"report column {column!r}: runs were evaluated on different images or labels")
         zq = float(norm.ppf(0.5 + level / 2.0))
         psi = {}
         for e in exps:
-            y_e, s_e = _stack(g[g["experiment"] == e], loader)
-            est, psi[e] = auc_influence(y_e, s_e)
+            # seed-averaged statistic -> seed-averaged influence (from `run_metrics`)
+            psi[e] = np.mean(np.stack(g.loc[g["experiment"] == e, "influence"].tolist()), axis=0)
             se = float(np.sqrt(np.sum(psi[e] ** 2)))
-            ci[e] = (est, est - zq * se, est + zq * se)
+            ci[e] = (means[e], means[e] - zq * se, means[e] + zq * se)
         for e in exps:
             if e == best:
                 continue

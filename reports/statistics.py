@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Iterator, Mapping
 
 import numpy as np
-from scipy.stats import norm, rankdata
+from scipy.stats import norm
 
 from reports.metrics import as_label_matrix
 
@@ -322,21 +322,62 @@ def paired_bootstrap_difference(
     return difference(_point(y_true, scores_a) - _point(y_true, scores_b), reps["a"], reps["b"], level)
 
 
-def placements(y: np.ndarray, s: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    """DeLong placement values from midranks (Sun & Xu 2014).
+def _placement_values(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Placement value of every image (one sort): V10 for positives, V01 for negatives.
 
-    y (N,) 0/1 without NaN, s (N,). Returns (AUC, V10 over positives (m,), V01 over
-    negatives (n,)): V10_i = share of negatives below positive i (ties 1/2),
-    V01_j = share of positives above negative j. AUC = mean V10 = mean V01.
+    Tie groups of equal scores count 1/2, as midranks do. Returns (v (N,), pos mask, m, n).
     """
     pos = y == 1.0
-    m, n = int(pos.sum()), int((~pos).sum())
+    m, n = int(pos.sum()), int(pos.size - pos.sum())
     if m == 0 or n == 0:
         raise ValueError("placements need at least one positive and one negative")
-    r_all = rankdata(s)
-    v10 = (r_all[pos] - rankdata(s[pos])) / n
-    v01 = 1.0 - (r_all[~pos] - rankdata(s[~pos])) / m
-    return float(v10.mean()), v10, v01
+    order = np.argsort(s, kind="stable")
+    ss = s[order]
+    ps = pos[order]
+    gid = np.cumsum(np.r_[True, ss[1:] != ss[:-1]]) - 1  # tie group of each sorted image
+    size = np.bincount(gid)
+    npos = np.bincount(gid, weights=ps, minlength=size.size)
+    nneg = size - npos
+    neg_below = np.cumsum(nneg) - nneg
+    pos_above = m - np.cumsum(npos)
+    v_sorted = np.where(ps, (neg_below[gid] + 0.5 * nneg[gid]) / n, (pos_above[gid] + 0.5 * npos[gid]) / m)
+    v = np.empty(s.size)
+    v[order] = v_sorted
+    return v, pos, m, n
+
+
+def placements(y: np.ndarray, s: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """DeLong placement values (the midrank algorithm of Sun & Xu 2014, one sort).
+
+    y (N,) 0/1 without NaN, s (N,). Returns (AUC, V10 over positives (m,), V01 over
+    negatives (n,)), each in input order: V10_i = share of negatives below positive
+    i, V01_j = share of positives above negative j (ties 1/2). AUC = mean V10 = mean V01.
+    """
+    v, pos, _, _ = _placement_values(np.asarray(y, dtype=np.float64), np.asarray(s, dtype=np.float64))
+    return float(v[pos].mean()), v[pos], v[~pos]
+
+
+def class_auc_influence(y_true: np.ndarray, y_score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class AUC (C,) and the per-image influence (N,) of the class-mean AUC, for one run.
+
+    AUCs equal `sklearn.metrics.roc_auc_score` (tested to 1e-12) with NaN where a
+    class lacks one label value; psi_i = mean over defined classes c of
+    (V10_ic - A_c)/m_c (positive), (V01_ic - A_c)/n_c (negative), 0 (unknown).
+    One sort per class, so reports can afford it on every run.
+    """
+    t, s = as_label_matrix(y_true, y_score)
+    auc = np.full(t.shape[1], np.nan)
+    psi = np.zeros(t.shape[0])
+    for c in range(t.shape[1]):
+        keep = ~np.isnan(t[:, c])
+        yc = t[keep, c]
+        if yc.size == 0 or yc.min() == yc.max():
+            continue
+        v, pos, m, n = _placement_values(yc, s[keep, c])
+        auc[c] = v[pos].mean()
+        psi[keep] += np.where(pos, (v - auc[c]) / m, (v - auc[c]) / n)
+    defined = int(np.sum(~np.isnan(auc)))
+    return auc, (psi / defined if defined else psi)
 
 
 def delong_test(y_true: np.ndarray, score_a: np.ndarray, score_b: np.ndarray) -> DeLongResult:
@@ -364,32 +405,15 @@ def delong_test(y_true: np.ndarray, score_a: np.ndarray, score_b: np.ndarray) ->
 def auc_influence(y_true: np.ndarray, scores: np.ndarray) -> tuple[float, np.ndarray]:
     """Seed-averaged class-mean AUC and its per-image influence values psi (N,).
 
-    psi_i = mean over (seed, class) with a defined AUC of: (V10_i - A)/m if image i
-    is positive for that class, (V01_i - A)/n if negative, 0 if unknown. The
-    variance estimate of the statistic is sum_i psi_i^2.
+    psi is the mean over seeds of `class_auc_influence`'s psi. The variance estimate
+    of the statistic is sum_i psi_i^2.
     """
     t, s = _as_runs(y_true, scores)
-    psi = np.zeros(t.shape[0])
-    aucs = []
-    for c in range(t.shape[1]):
-        keep = ~np.isnan(t[:, c])
-        yc = t[keep, c]
-        if yc.size == 0 or yc.min() == yc.max():
-            continue
-        pos = yc == 1.0
-        rows = np.flatnonzero(keep)
-        for k in range(s.shape[0]):
-            auc, v10, v01 = placements(yc, s[k, keep, c])
-            aucs.append(auc)
-            contrib = np.empty(yc.size)
-            contrib[pos] = (v10 - auc) / v10.size
-            contrib[~pos] = (v01 - auc) / v01.size
-            psi[rows] += contrib
-    if not aucs:
-        return float("nan"), psi
-    # aucs holds one value per (class, seed); the statistic is their plain mean
-    # because every class contributes the same number of seeds.
-    return float(np.mean(aucs)), psi / len(aucs)
+    parts = [class_auc_influence(t, s[k]) for k in range(s.shape[0])]
+    means = [np.nanmean(a) if np.any(~np.isnan(a)) else np.nan for a, _ in parts]
+    if np.all(np.isnan(means)):
+        return float("nan"), np.zeros(t.shape[0])
+    return float(np.mean(means)), np.mean([p for _, p in parts], axis=0)
 
 
 def influence_difference_test(

@@ -197,10 +197,20 @@ class DINO(SSLMethod):
         with torch.no_grad():
             teacher = self.teacher_head(self._features(self.teacher, crops[:2])).float()
         tau_t = self.teacher_temp(self.progress)
-        loss = dino_loss(student, teacher, self.center, len(crops), c.student_temp, tau_t)
+        center = self.center.clone()
+        loss = dino_loss(student, teacher, center, len(crops), c.student_temp, tau_t)
         if self.training:
             with torch.no_grad():
                 batch_center = teacher.mean(dim=0, keepdim=True)
                 self.center.mul_(c.center_momentum).add_(batch_center, alpha=1 - c.center_momentum)
-        logs = {"loss": float(loss.detach()), "teacher_temp": tau_t, "momentum": self.momentum}
+        with torch.no_grad():  # collapse monitors: H(teacher targets) and KL = loss - H
+            q = F.softmax((teacher - center) / tau_t, dim=-1)
+            entropy = float(-(q * torch.log(q.clamp(min=1e-12))).sum(dim=-1).mean())
+        logs = {
+            "loss": float(loss.detach()),
+            "teacher_entropy": entropy,
+            "kl": float(loss.detach()) - entropy,
+            "teacher_temp": tau_t,
+            "momentum": self.momentum,
+        }
         return loss, logs

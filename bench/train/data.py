@@ -196,3 +196,89 @@ class ImageBatches:
             if len(kept) == 0:
                 continue
             yield step, kept, x, y
+
+
+class BinnedBatches:
+    """Variable-resolution pre-training batches from Dynamic Batch Binning.
+
+    Same iteration contract as `ImageBatches.epoch_batches`, but each batch is a
+    padded (B, C, H, W) tensor at its bin's shape plus a (B, L) bool `valid` token mask
+    (True = real image patch) in place of targets. Sizes come from the index's
+    `height`/`width` (header metadata), so planning never decodes pixels; images are
+    decoded at native size, capped to `max_side` on the longer side, normalised, and
+    padded by `bench.data.dbb.pad_to_grid`.
+    """
+
+    def __init__(
+        self,
+        index: pd.DataFrame,
+        *,
+        patch: int,
+        max_side: int,
+        in_chans: int,
+        seed: int,
+        batch_size: int | None = None,
+        token_budget: int | None = None,
+        policy: str = "skip",
+        **sampler_options: Any,
+    ) -> None:
+        from bench.data.dbb import DBBBatchSampler
+        from bench.data.io import read_image
+
+        if index["height"].isna().any() or index["width"].isna().any():
+            raise DataError("batching: dbb needs image sizes (height/width) in the site index")
+        self._read = read_image
+        self.index = index.reset_index(drop=True)
+        self.paths = self.index["path"].astype(str).tolist()
+        self.patch, self.max_side, self.in_chans = patch, max_side, in_chans
+        self.policy = policy
+        self.mode = sampler_options.get("mode", "pad")
+        self.sampler = DBBBatchSampler.from_sizes(
+            self.index["height"].to_numpy(int),
+            self.index["width"].to_numpy(int),
+            patch=patch,
+            max_side=max_side,
+            batch_size=batch_size if token_budget is None else None,
+            token_budget=token_budget,
+            seed=seed,
+            **sampler_options,
+        )
+        self.bad = BadImages()
+        self.targets = None
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def _load(self, i: int) -> torch.Tensor | None:
+        from bench.data.dbb import resize_to_policy
+
+        path = self.paths[i]
+        if path in self.bad.paths:
+            return None
+        try:
+            img = self._read(path)
+        except DataError as exc:
+            if self.policy == "fail":
+                raise
+            self.bad.add(path, str(exc))
+            return None
+        t = (torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))[None] - GREY_MEAN) / GREY_STD
+        t = resize_to_policy(t, max_side=self.max_side)
+        return t.expand(self.in_chans, -1, -1) if self.in_chans != 1 else t
+
+    def epoch_batches(self, epoch: int, start_step: int = 0) -> Iterator[tuple[int, np.ndarray, torch.Tensor, torch.Tensor]]:
+        from bench.data.dbb import pad_to_grid
+
+        plan = self.sampler.plan(epoch)
+        for step in range(start_step, len(plan)):
+            rows = plan.rank_slice(step, 0)
+            kept, imgs = [], []
+            for i in rows:
+                t = self._load(int(i))
+                if t is not None:
+                    kept.append(int(i))
+                    imgs.append(t)
+            if not imgs:
+                continue
+            x, valid = pad_to_grid(imgs, tuple(int(v) for v in plan.shape[step]), patch=self.patch, mode=self.mode)
+            yield step, np.asarray(kept, dtype=np.int64), x, valid

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from bench.data.labels import label_set
-from bench.train.data import ImageBatches, load_index, seeded_subset
+from bench.train.data import BinnedBatches, ImageBatches, load_index, seeded_subset
 from bench.train.loop import OptimCfg, default_param_groups, fit
 
 if TYPE_CHECKING:
@@ -71,17 +71,10 @@ def run_pretrain(stage: "Stage", store: "Store", logger: "StageLogger", ctx: "Ru
     supervised = p["method"] == "supervised"
     classes = label_set(p["classes"]) if supervised else None
     logger.text(f"pre-training {p['method']} on {site}: {len(index)} images, backbone {cfg['backbone']}")
-    batches = ImageBatches(
-        index,
-        image_size=cfg["image_size"],
-        in_chans=cfg["in_chans"],
-        classes=classes,
-        batch_size=p["batch_size"],
-        seed=seed,
-        policy=ctx.image_policy,
-        drop_last=True,
-    )
     init = resolve_init(cfg["init"])
+    dbb = p["batching"]["mode"] == "dbb"
+    if dbb and supervised:
+        raise ValueError("batching: dbb is for self-supervised pre-training; supervised uses fixed-size batches")
     if supervised:
         assert classes is not None
         method: nn.Module = SupervisedPretrainer(cfg["backbone"], init, cfg["in_chans"], cfg["image_size"], len(classes))
@@ -103,7 +96,37 @@ def run_pretrain(stage: "Stage", store: "Store", logger: "StageLogger", ctx: "Ru
         groups = method.param_groups(p["weight_decay"])
 
         def step_fn(x: torch.Tensor, y: torch.Tensor | None, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
-            return method(x)
+            # with DBB the batch's second element is the (B, L) valid-token mask of the padded batch
+            return method(x, valid=y) if dbb else method(x)
+
+    if dbb:
+        b = p["batching"]
+        patch = int(b["patch"] or getattr(method, "patch", 0))
+        if not patch:
+            raise ValueError(f"batching: dbb needs a patch size; method {p['method']!r} exposes none, set pretrain.batching.patch")
+        batches: ImageBatches | BinnedBatches = BinnedBatches(
+            index,
+            patch=patch,
+            max_side=b["max_side"],
+            in_chans=cfg["in_chans"],
+            seed=seed,
+            batch_size=p["batch_size"],
+            token_budget=b["token_budget"],
+            policy=ctx.image_policy,
+            **b["options"],
+        )
+        logger.text(f"DBB: {len(batches)} steps per epoch, {batches.sampler.bins.n_bins} bins, max side {b['max_side']} px")
+    else:
+        batches = ImageBatches(
+            index,
+            image_size=cfg["image_size"],
+            in_chans=cfg["in_chans"],
+            classes=classes,
+            batch_size=p["batch_size"],
+            seed=seed,
+            policy=ctx.image_policy,
+            drop_last=True,
+        )
 
     after = getattr(method, "after_step", None)
     optim = OptimCfg(

@@ -135,3 +135,19 @@ def test_paired_difference_of_identical_runs_is_zero_and_strong_difference_signi
     diff = st.paired_bootstrap_difference(y, good, bad, n_boot=300)
     assert diff.p_value < 0.01 and diff.low > 0
     assert st.influence_difference_test(y, good, bad).p_value < 0.01
+
+
+def test_class_auc_influence_equals_sklearn_and_bootstrap_se() -> None:
+    rng = np.random.default_rng(12)
+    y = (rng.random((400, 3)) < 0.3).astype(float)
+    s = np.round(np.clip(0.3 * y + 0.7 * rng.random((400, 3)), 0, 1), 2)  # ties
+    y[rng.random((400, 3)) < 0.1] = np.nan
+    y[:, 2] = 0.0  # no positives: no AUC, no influence
+    auc, psi = st.class_auc_influence(y, s)
+    for c in range(2):
+        keep = ~np.isnan(y[:, c])
+        assert auc[c] == pytest.approx(roc_auc_score(y[keep, c], s[keep, c]), abs=1e-12)
+    assert np.isnan(auc[2])
+    assert psi.sum() == pytest.approx(0.0, abs=1e-12)  # influence values are centred
+    boot = st.bootstrap_mean_auc(y, s, n_boot=2000, seed=0)
+    assert np.sqrt(np.sum(psi**2)) == pytest.approx(boot.se, rel=0.15)

@@ -194,6 +194,7 @@ def test_padded_tokens_never_influence_the_loss() -> None:
     assert model.encoder.blocks[0].attn.qkv.weight.grad is not None
 
 
+@pytest.mark.slow
 def test_loss_decreases_on_tiny_synthetic_set() -> None:
     torch.manual_seed(0)
     model = ssl_methods.create("mae", backbone="vit_tiny_demo", img_size=64, norm_pix_loss=False)

@@ -1,0 +1,1 @@
+"""Data layer: site adapters, pixel readers, label harmonisation, synthetic sites."""

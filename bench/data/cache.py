@@ -1,0 +1,353 @@
+"""Preprocessing cache: decode every image once, then read pixels at memory speed.
+
+`prepare(index, out_dir, size=224)` decodes each row of a standard index with
+`bench.data.io.read_image` and writes, under `out_dir`:
+
+* ``images_<size>.npy``: uint8 array (N, size, size), opened memory-mapped. Row r holds
+  index row r resized to size x size (`resize` policy below) and quantised as
+  ``round(255 * x)``. Rows of skipped images stay zero and are not listed.
+* ``native.bin`` (with ``native=True``): one flat buffer of every image at native
+  resolution (or downscaled so its longer side is at most `native_max_side`),
+  row-major, back to back, uint16 (``round(65535 * x)``) or uint8; the index gives each
+  image's element offset and shape. This is what variable-resolution pre-training
+  (dynamic batch binning) reads.
+* ``index.parquet``: the cached rows of the standard index plus ``cache_row`` (row in
+  the fixed-size array) and, for the native cache, ``native_offset`` (in elements),
+  ``native_height``, ``native_width``.
+* ``report.json``: counts and every skipped image with the reason.
+* ``cache.json``: the manifest (parameters and counts), written last; a folder
+  without it is incomplete, and `CacheReader` refuses it.
+
+Corrupt images (`ImageReadError`): ``on_error="skip"`` leaves them out, counts and
+lists them in ``report.json`` and logs a warning; ``on_error="fail"`` raises the
+`ImageReadError` that names the file.
+
+Resize policies for the fixed-size array: ``squash`` (default; resize both sides to
+`size`, ignoring the aspect ratio, as ``torchvision.transforms.Resize((s, s))``),
+``crop`` (centre square on the short side, then resize; torchxrayvision's
+``XRayCenterCrop``) and ``pad`` (fit the long side, centre, pad with 0 = air).
+Resampling is PIL's antialiased bilinear on float32 data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from bench.data.io import ImageReadError, read_image
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "cache.json"
+REPORT = "report.json"
+INDEX_FILE = "index.parquet"
+NATIVE_FILE = "native.bin"
+RESIZE_POLICIES = ("squash", "crop", "pad")
+ON_ERROR = ("skip", "fail")
+NATIVE_DTYPES = ("uint16", "uint8")
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """What a cache was built with; a folder is reused only for the same config and rows."""
+
+    size: int | None = 224
+    resize: str = "squash"
+    native: bool = False
+    native_dtype: str = "uint16"
+    native_max_side: int | None = None
+    png16: str = "container"
+
+
+def fixed_file(size: int) -> str:
+    return f"images_{size}.npy"
+
+
+def resize_square(img: np.ndarray, size: int, policy: str = "squash") -> np.ndarray:
+    """float32 (H, W) in [0, 1] -> float32 (size, size) by `policy` (see module doc)."""
+    if policy not in RESIZE_POLICIES:
+        raise ValueError(f"resize policy must be one of {RESIZE_POLICIES}, got {policy!r}")
+    h, w = img.shape
+    if policy == "crop":
+        side = min(h, w)
+        top, left = (h - side) // 2, (w - side) // 2
+        img = img[top : top + side, left : left + side]
+    if policy == "pad":
+        scale = size / max(h, w)
+        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+        inner = _resize(img, nh, nw)
+        out = np.zeros((size, size), dtype=np.float32)
+        top, left = (size - nh) // 2, (size - nw) // 2
+        out[top : top + nh, left : left + nw] = inner
+        return out
+    return _resize(img, size, size)
+
+
+def _resize(img: np.ndarray, height: int, width: int) -> np.ndarray:
+    if img.shape == (height, width):
+        return img.astype(np.float32, copy=False)
+    pil = Image.fromarray(np.ascontiguousarray(img, dtype=np.float32), mode="F")
+    out = np.asarray(pil.resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)
+    return np.clip(out, 0.0, 1.0)
+
+
+def _native_shape(h: int, w: int, max_side: int | None) -> tuple[int, int]:
+    if max_side is None or max(h, w) <= max_side:
+        return h, w
+    scale = max_side / max(h, w)
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def _quantise(img: np.ndarray, dtype: str) -> np.ndarray:
+    top = 255.0 if dtype == "uint8" else 65535.0
+    return np.round(np.clip(img, 0.0, 1.0) * top).astype(dtype)
+
+
+def _decode(task: tuple[str, CacheConfig]) -> tuple[np.ndarray | None, np.ndarray | None, str | None]:
+    """Worker: (fixed-size uint8 image, native image, error) for one path."""
+    path, cfg = task
+    try:
+        img = read_image(path, png16=cfg.png16)  # type: ignore[arg-type]
+    except ImageReadError as exc:
+        return None, None, exc.reason
+    fixed = _quantise(resize_square(img, cfg.size, cfg.resize), "uint8") if cfg.size else None
+    native = None
+    if cfg.native:
+        nh, nw = _native_shape(*img.shape, cfg.native_max_side)
+        native = _quantise(_resize(img, nh, nw), cfg.native_dtype)
+    return fixed, native, None
+
+
+def _fingerprint(index: pd.DataFrame) -> str:
+    h = hashlib.sha256()
+    for image_id, path in zip(index["image_id"].astype(str), index["path"].astype(str)):
+        h.update(f"{image_id}\0{path}\n".encode())
+    return h.hexdigest()
+
+
+def _results(tasks: list[tuple[str, CacheConfig]], workers: int) -> Iterator[tuple[Any, Any, Any]]:
+    if workers <= 1:
+        yield from map(_decode, tasks)
+        return
+    # "spawn": forking a parent that may hold torch/BLAS threads can deadlock.
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        yield from pool.map(_decode, tasks, chunksize=16)
+    finally:  # on an error (policy "fail") do not decode the rest of the queue
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def prepare(
+    index: pd.DataFrame,
+    out_dir: str | Path,
+    size: int | None = 224,
+    *,
+    resize: str = "squash",
+    native: bool = False,
+    native_dtype: str = "uint16",
+    native_max_side: int | None = None,
+    png16: str = "container",
+    on_error: str = "skip",
+    workers: int = 1,
+) -> dict[str, Any]:
+    """Build the cache for `index` (a standard index) in `out_dir`; returns the manifest.
+
+    `size=None` with `native=True` writes only the native cache. A folder that already
+    holds a complete cache of the same rows and parameters is returned unchanged; one
+    holding anything else is an error (never overwritten silently).
+    """
+    if size is None and not native:
+        raise ValueError("nothing to cache: size is None and native is False")
+    if size is not None and size < 1:
+        raise ValueError(f"size must be a positive number of pixels, got {size}")
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+    if native_dtype not in NATIVE_DTYPES:
+        raise ValueError(f"native_dtype must be one of {NATIVE_DTYPES}, got {native_dtype!r}")
+    if resize not in RESIZE_POLICIES:
+        raise ValueError(f"resize must be one of {RESIZE_POLICIES}, got {resize!r}")
+    for col in ("image_id", "path"):
+        if col not in index.columns:
+            raise ValueError(f"index lacks column {col!r}; has {list(index.columns)}")
+    cfg = CacheConfig(size, resize, native, native_dtype, native_max_side, png16)
+    out = Path(out_dir)
+    fingerprint = _fingerprint(index)
+    manifest_path = out / MANIFEST
+    if manifest_path.is_file():
+        old = json.loads(manifest_path.read_text())
+        if old.get("config") == asdict(cfg) and old.get("fingerprint") == fingerprint:
+            log.info("cache %s is complete for these rows and parameters; reused", out)
+            return old
+        raise FileExistsError(f"{out} holds a cache built from other rows or parameters; use another folder")
+    out.mkdir(parents=True, exist_ok=True)
+
+    n = len(index)
+    tmp = f".tmp-{os.getpid()}"
+    fixed_path = out / fixed_file(size) if size else None
+    fixed = (
+        np.lib.format.open_memmap(str(fixed_path) + tmp, mode="w+", dtype=np.uint8, shape=(n, size, size))
+        if size
+        else None
+    )
+    native_fh = open(out / (NATIVE_FILE + tmp), "wb") if native else None
+    offsets = np.zeros(n, dtype=np.int64)
+    shapes = np.zeros((n, 2), dtype=np.int64)
+    ok = np.zeros(n, dtype=bool)
+    skipped: list[dict[str, str]] = []
+    offset = 0
+    tasks = [(str(p), cfg) for p in index["path"]]
+    tmp_files = [Path(str(fixed_path) + tmp)] if fixed_path is not None else []
+    tmp_files += [out / (NATIVE_FILE + tmp)] if native else []
+    try:
+        for row, (small, big, error) in enumerate(_results(tasks, workers)):
+            if error is not None:
+                image_id, path = str(index["image_id"].iloc[row]), tasks[row][0]
+                if on_error == "fail":
+                    raise ImageReadError(path, error)
+                skipped.append({"image_id": image_id, "path": path, "reason": error})
+                continue
+            ok[row] = True
+            if fixed is not None:
+                fixed[row] = small
+            if native_fh is not None:
+                native_fh.write(np.ascontiguousarray(big).tobytes())
+                offsets[row] = offset
+                shapes[row] = big.shape
+                offset += big.size
+    except BaseException:
+        fixed = None  # release the memory map before deleting its file
+        if native_fh is not None:
+            native_fh.close()
+        for f in tmp_files:
+            f.unlink(missing_ok=True)
+        raise
+    finally:
+        if native_fh is not None:
+            native_fh.close()
+        if fixed is not None:
+            fixed.flush()
+            del fixed
+    if skipped:
+        log.warning("cache %s: skipped %d unreadable images, listed in %s", out, len(skipped), out / REPORT)
+
+    cached = index.loc[ok].copy()
+    cached["cache_row"] = np.flatnonzero(ok).astype(np.int64)
+    if native:
+        cached["native_offset"] = offsets[ok]
+        cached["native_height"] = shapes[ok, 0]
+        cached["native_width"] = shapes[ok, 1]
+    cached.reset_index(drop=True).to_parquet(out / INDEX_FILE, index=False)
+    if fixed_path is not None:
+        os.replace(str(fixed_path) + tmp, fixed_path)
+    if native:
+        os.replace(out / (NATIVE_FILE + tmp), out / NATIVE_FILE)
+    report = {"rows": n, "cached": int(ok.sum()), "skipped": len(skipped), "skipped_images": skipped}
+    (out / REPORT).write_text(json.dumps(report, indent=2) + "\n")
+    manifest = {
+        "version": FORMAT_VERSION,
+        "config": asdict(cfg),
+        "fingerprint": fingerprint,
+        "rows": n,
+        "cached": int(ok.sum()),
+        "skipped": len(skipped),
+        "native_elements": int(offset),
+    }
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+class CacheReader:
+    """Read a cache written by `prepare`: float32 [0, 1] images by row of `.index`.
+
+    Row i is the i-th row of `.index` (the cached rows of the original index, in
+    order). `reader[i]` is the fixed-size image (size, size); `reader.batch(rows)`
+    stacks several (B, size, size); `reader.native(i)` is the native-resolution image.
+    Memory maps are opened lazily in each process, so a reader can be pickled into
+    DataLoader workers without copying the pixel data.
+    """
+
+    def __init__(self, cache_dir: str | Path) -> None:
+        self.root = Path(cache_dir)
+        path = self.root / MANIFEST
+        if not path.is_file():
+            raise FileNotFoundError(f"{self.root} is not a complete cache: {MANIFEST} is missing")
+        self.manifest: dict[str, Any] = json.loads(path.read_text())
+        self.config = CacheConfig(**self.manifest["config"])
+        self.index: pd.DataFrame = pd.read_parquet(self.root / INDEX_FILE)
+        self._rows = self.index["cache_row"].to_numpy(dtype=np.int64)
+        if self.config.native:
+            self._offsets = self.index["native_offset"].to_numpy(dtype=np.int64)
+            self._heights = self.index["native_height"].to_numpy(dtype=np.int64)
+            self._widths = self.index["native_width"].to_numpy(dtype=np.int64)
+        self._fixed: np.ndarray | None = None
+        self._native: np.ndarray | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_fixed"] = None
+        state["_native"] = None
+        return state
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def size(self) -> int | None:
+        return self.config.size
+
+    def _fixed_array(self) -> np.ndarray:
+        if self.config.size is None:
+            raise ValueError(f"cache {self.root} has no fixed-size array (built with size=None)")
+        if self._fixed is None:
+            self._fixed = np.load(self.root / fixed_file(self.config.size), mmap_mode="r")
+        return self._fixed
+
+    def _native_buffer(self) -> np.ndarray:
+        if not self.config.native:
+            raise ValueError(f"cache {self.root} has no native-resolution buffer (built with native=False)")
+        if self._native is None:
+            self._native = np.memmap(self.root / NATIVE_FILE, dtype=self.config.native_dtype, mode="r")
+        return self._native
+
+    def raw(self, i: int) -> np.ndarray:
+        """The stored uint8 (size, size) image of row i (no copy, no conversion)."""
+        return self._fixed_array()[self._rows[i]]
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return np.true_divide(self._fixed_array()[self._rows[i]], np.float32(255.0), dtype=np.float32)
+
+    def batch(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
+        """float32 (B, size, size) for index rows `rows`, in the order given."""
+        wanted = self._rows[np.asarray(rows, dtype=np.int64)]
+        raw = self._fixed_array()[wanted]  # one gather from the memory map (uint8)
+        return np.true_divide(raw, np.float32(255.0), dtype=np.float32)
+
+    def native(self, i: int) -> np.ndarray:
+        """float32 (h, w) in [0, 1] at native (or capped) resolution for row i."""
+        buffer = self._native_buffer()
+        h, w, start = int(self._heights[i]), int(self._widths[i]), int(self._offsets[i])
+        top = 255.0 if self.config.native_dtype == "uint8" else 65535.0
+        flat = buffer[start : start + h * w]
+        return flat.reshape(h, w).astype(np.float32) / np.float32(top)
+
+    def native_sizes(self) -> pd.DataFrame:
+        """``image_id, height, width`` of the native cache (input to size binning)."""
+        return pd.DataFrame(
+            {
+                "image_id": self.index["image_id"].to_numpy(),
+                "height": self.index["native_height"].to_numpy(),
+                "width": self.index["native_width"].to_numpy(),
+            }
+        )

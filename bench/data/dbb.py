@@ -1,0 +1,706 @@
+"""Dynamic Batch Binning (DBB): batches of variable-size radiographs with little padding.
+
+Why: a ViT can run on any grid of patches, but a batch needs one tensor shape.
+Resizing everything to S×S wastes compute on small images and destroys detail on
+large ones; padding random batches to their largest member wastes most of the batch.
+DBB groups images whose patch grids are close into *bins*, pads every image of a bin
+to the bin's shape, and draws every batch from a single bin.
+
+Pipeline (all sizes come from index metadata, never from decoding pixels):
+
+1. Resize policy (`policy_size`, `grid_size`): keep the native resolution, cap the
+   longer side at `max_side` pixels keeping the aspect ratio, then count patches with
+   ceil (the last row/column of patches is partly real, partly padding).
+2. Bin construction (`build_bins`, once per dataset): start from one bin per distinct
+   grid (h, w), then repeatedly merge the sparsest bin (fewest images relative to
+   `min_batches` full global batches) into the neighbour that adds the fewest padding
+   tokens; a merged bin's shape is the element-wise max of its members. Sparse bins
+   are merged, never dropped.
+3. Remainders: a bin rarely holds an exact multiple of the global batch. Its
+   leftover images (a fixed count per epoch, different images each epoch) are
+   *promoted* to the smallest bin whose shape covers it, where they are padded a bit
+   more. Leftovers of bins with no cover end in one overflow pool padded to the
+   element-wise max of those bins. Only the overflow pool's last step can be short;
+   `remainder=` says what happens to it ("partial", "drop", "fill"), and the counts
+   of dropped/repeated images are reported in `EpochPlan`.
+4. Per epoch (`DBBBatchSampler.plan`): shuffle images within bins, pick leftovers,
+   cut global steps of `world_size × B_k` images, shuffle the order of steps across
+   bins. Deterministic in (seed, epoch); every rank computes the same plan and takes
+   its slice, so all ranks run the same number of steps and the same shape per step.
+
+Shapes are `(h, w)` in patches ("grid") unless named `*_px`. Batch sizes are per
+rank. `mode="resize"` (the pilot study's "smart binning") resizes each image to its
+bin's representative shape (rounded mean grid of the bin's members) instead of padding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset, Sampler
+from torch.utils.data._utils.collate import default_collate
+
+from bench.compute import ViTConfig, encoder_flops, get_vit_config
+
+MODES = ("pad", "resize")
+REMAINDER_POLICIES = ("partial", "drop", "fill")
+
+
+# --------------------------------------------------------------------------- policy
+
+
+def policy_size(height: np.ndarray, width: np.ndarray, *, max_side: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel size after the resize policy: downscale so the longer side is <= `max_side`.
+
+    Aspect ratio is kept; images already within the cap are untouched (never
+    upsampled). Sides are rounded half-up and at least 1 px. `max_side=None` keeps
+    native sizes. Returns int64 arrays (height, width).
+    """
+    h = np.asarray(height, dtype=np.int64)
+    w = np.asarray(width, dtype=np.int64)
+    if h.shape != w.shape:
+        raise ValueError(f"height shape {h.shape} != width shape {w.shape}")
+    if h.size and (h.min() < 1 or w.min() < 1):
+        raise ValueError("image sizes must be positive")
+    if max_side is None:
+        return h.copy(), w.copy()
+    if max_side < 1:
+        raise ValueError(f"max_side must be positive, got {max_side}")
+    longer = np.maximum(h, w)
+    scale = np.minimum(1.0, max_side / longer)
+    hh = np.maximum(1, np.floor(h * scale + 0.5).astype(np.int64))
+    ww = np.maximum(1, np.floor(w * scale + 0.5).astype(np.int64))
+    # the longer side lands exactly on the cap (guards against float rounding)
+    capped = longer > max_side
+    hh = np.where(capped & (h >= w), max_side, hh)
+    ww = np.where(capped & (w > h), max_side, ww)
+    return hh, ww
+
+
+def grid_size(
+    height: np.ndarray, width: np.ndarray, *, patch: int, max_side: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Patch grid (rows, cols) after the resize policy: `ceil(policy_size / patch)`."""
+    if patch < 1:
+        raise ValueError(f"patch must be positive, got {patch}")
+    hh, ww = policy_size(height, width, max_side=max_side)
+    return -(-hh // patch), -(-ww // patch)
+
+
+# --------------------------------------------------------------------- batch sizing
+
+
+@dataclass(frozen=True)
+class BatchSizer:
+    """Per-rank batch size of a bin as a function of its grid shape.
+
+    Exactly one of `batch_size` (fixed), `token_budget` (max processed tokens per rank
+    per step, counting `num_prefix_tokens` per sequence) or `flop_budget` (max encoder
+    forward FLOPs per rank per step for `model`, per-sequence formula) must be set.
+    Budgets give big images small batches, bounding activation memory.
+    """
+
+    batch_size: int | None = None
+    token_budget: int | None = None
+    flop_budget: float | None = None
+    model: str | ViTConfig = "vit_base"
+    num_prefix_tokens: int = 1
+
+    def __post_init__(self) -> None:
+        given = [k for k in ("batch_size", "token_budget", "flop_budget") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"set exactly one of batch_size, token_budget, flop_budget; got {given or 'none'}")
+        value = getattr(self, given[0])
+        if value <= 0:
+            raise ValueError(f"{given[0]} must be positive, got {value}")
+
+    def sequence_cost(self, grid_h: np.ndarray, grid_w: np.ndarray) -> np.ndarray:
+        """Cost of one sequence in the unit of the active budget (tokens or FLOPs)."""
+        n = np.asarray(grid_h, dtype=np.int64) * np.asarray(grid_w, dtype=np.int64) + self.num_prefix_tokens
+        if self.flop_budget is not None:
+            return np.asarray(encoder_flops(n, get_vit_config(self.model)), dtype=np.float64)
+        return n.astype(np.float64)
+
+    def __call__(self, grid_h: np.ndarray, grid_w: np.ndarray) -> np.ndarray:
+        gh = np.atleast_1d(np.asarray(grid_h, dtype=np.int64))
+        gw = np.atleast_1d(np.asarray(grid_w, dtype=np.int64))
+        if self.batch_size is not None:
+            return np.full(gh.shape, int(self.batch_size), dtype=np.int64)
+        budget = float(self.token_budget if self.token_budget is not None else self.flop_budget)
+        cost = self.sequence_cost(gh, gw)
+        too_big = cost > budget
+        if np.any(too_big):
+            i = int(np.argmax(too_big))
+            unit = "tokens" if self.token_budget is not None else "FLOPs"
+            raise ValueError(
+                f"budget of {budget:.4g} {unit} per step is smaller than one sequence of grid "
+                f"({gh[i]}, {gw[i]}) = {cost[i]:.4g} {unit}; raise the budget or lower max_side"
+            )
+        return np.floor(budget / cost).astype(np.int64)
+
+
+# ------------------------------------------------------------------------------ bins
+
+
+@dataclass(frozen=True)
+class Bins:
+    """Static bin structure of a dataset (independent of seed and epoch).
+
+    K bins, N images. `envelope[k]` is the element-wise max grid of bin k's members;
+    `shape[k]` is what images of bin k become (= envelope in pad mode, the rounded
+    mean member grid in resize mode). `parent[k]` is the bin receiving k's leftover
+    images (-1: the overflow pool). `order` lists bins children-first. Per-epoch image
+    counts are fixed: `full_steps[k]` global steps of `batch[k] × world_size` images.
+    """
+
+    grid: np.ndarray  # (N, 2) int64 grid of every image
+    assign: np.ndarray  # (N,) int64 bin of every image
+    envelope: np.ndarray  # (K, 2) int64
+    shape: np.ndarray  # (K, 2) int64
+    batch: np.ndarray  # (K,) int64 per-rank batch size
+    parent: np.ndarray  # (K,) int64, -1 = overflow
+    order: np.ndarray  # (K,) int64 processing order, children before parents
+    counts: np.ndarray  # (K,) own images
+    incoming: np.ndarray  # (K,) leftovers promoted into the bin per epoch
+    full_steps: np.ndarray  # (K,) global steps per epoch
+    overflow_shape: tuple[int, int]
+    overflow_batch: int
+    overflow_count: int  # images in the overflow pool per epoch
+    world_size: int
+    mode: str
+
+    @property
+    def n_bins(self) -> int:
+        return int(self.envelope.shape[0])
+
+
+def _merge_sparse(
+    gh: np.ndarray,
+    gw: np.ndarray,
+    n: np.ndarray,
+    sizer: BatchSizer,
+    world_size: int,
+    min_batches: float,
+) -> np.ndarray:
+    """Greedy agglomeration of distinct grids; returns the final owner of each grid.
+
+    While some bin holds fewer than `min_batches` global batches, the sparsest one
+    is merged into the bin for which the merge adds the fewest padding tokens:
+    `(n_a + n_b)·area(max shape) − n_a·area_a − n_b·area_b`.
+    """
+    H = gh.astype(np.int64).copy()
+    W = gw.astype(np.int64).copy()
+    cnt = n.astype(np.float64).copy()
+    ids = np.arange(H.size)  # position -> original grid id (compacted now and then)
+    owner = np.arange(H.size)
+    need = min_batches * sizer(H, W).astype(np.float64) * world_size
+    ratio = cnt / need
+    dead = np.zeros(H.size, dtype=bool)
+    alive = H.size
+    while alive > 1:
+        a = int(np.argmin(ratio))
+        if ratio[a] >= 1.0:
+            break
+        Hn = np.maximum(H, H[a])
+        Wn = np.maximum(W, W[a])
+        cost = (cnt + cnt[a]) * (Hn * Wn) - cnt * (H * W) - cnt[a] * (H[a] * W[a])
+        cost[dead] = np.inf
+        cost[a] = np.inf
+        b = int(np.argmin(cost))
+        H[b], W[b] = Hn[b], Wn[b]
+        cnt[b] += cnt[a]
+        need[b] = min_batches * float(sizer(H[b : b + 1], W[b : b + 1])[0]) * world_size
+        ratio[b] = cnt[b] / need[b]
+        owner[ids[a]] = ids[b]
+        dead[a] = True
+        ratio[a] = np.inf
+        alive -= 1
+        if alive < H.size // 2 and H.size > 256:
+            keep = ~dead
+            H, W, cnt, need, ratio, ids = H[keep], W[keep], cnt[keep], need[keep], ratio[keep], ids[keep]
+            dead = dead[keep]
+    # path-compress owner chains to their final bin
+    while True:
+        nxt = owner[owner]
+        if np.array_equal(nxt, owner):
+            return owner
+        owner = nxt
+
+
+def build_bins(
+    grid_h: np.ndarray,
+    grid_w: np.ndarray,
+    *,
+    sizer: BatchSizer,
+    world_size: int = 1,
+    min_batches: float = 4.0,
+    mode: str = "pad",
+) -> Bins:
+    """Form bins over patch grids; see the module docstring for the algorithm.
+
+    `min_batches` is DBB's main knob: each bin must hold at least that many global
+    batches of its own images. Larger values give fewer, coarser bins (more padding,
+    fewer shapes, more varied batch compositions); smaller values give tighter bins
+    but more leftovers to promote.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1, got {world_size}")
+    if min_batches <= 0:
+        raise ValueError(f"min_batches must be positive, got {min_batches}")
+    gh = np.asarray(grid_h, dtype=np.int64).ravel()
+    gw = np.asarray(grid_w, dtype=np.int64).ravel()
+    if gh.shape != gw.shape:
+        raise ValueError(f"grid_h has {gh.size} entries, grid_w {gw.size}")
+    if gh.size == 0:
+        raise ValueError("cannot bin an empty dataset")
+    if gh.min() < 1 or gw.min() < 1:
+        raise ValueError("grid sizes must be >= 1 patch")
+
+    key = gh * (int(gw.max()) + 1) + gw
+    uniq, inv, ucount = np.unique(key, return_inverse=True, return_counts=True)
+    ugh, ugw = uniq // (int(gw.max()) + 1), uniq % (int(gw.max()) + 1)
+    owner = _merge_sparse(ugh, ugw, ucount, sizer, world_size, min_batches)
+    roots, grid_bin = np.unique(owner, return_inverse=True)
+    assign = grid_bin[inv]
+    K = roots.size
+    counts = np.bincount(assign, minlength=K).astype(np.int64)
+    env_h = np.zeros(K, dtype=np.int64)
+    env_w = np.zeros(K, dtype=np.int64)
+    np.maximum.at(env_h, assign, gh)
+    np.maximum.at(env_w, assign, gw)
+    envelope = np.stack([env_h, env_w], axis=1)
+    if mode == "pad":
+        shape = envelope.copy()
+    else:
+        mean_h = np.bincount(assign, weights=gh, minlength=K) / counts
+        mean_w = np.bincount(assign, weights=gw, minlength=K) / counts
+        shape = np.stack([np.floor(mean_h + 0.5), np.floor(mean_w + 0.5)], axis=1).astype(np.int64)
+    batch = sizer(shape[:, 0], shape[:, 1])
+
+    # children before parents: (area, index) strictly increases along parent links
+    area = env_h * env_w
+    order = np.lexsort((np.arange(K), area))
+    rank_of = np.empty(K, dtype=np.int64)
+    rank_of[order] = np.arange(K)
+    parent = np.full(K, -1, dtype=np.int64)
+    chunk = max(1, (1 << 22) // K)  # rows per block: bounds the K×K comparison to ~4M cells
+    for lo in range(0, K, chunk):
+        rows = slice(lo, min(K, lo + chunk))
+        covers = (env_h[None, :] >= env_h[rows, None]) & (env_w[None, :] >= env_w[rows, None])
+        covers &= rank_of[None, :] > rank_of[rows, None]
+        cand_area = np.where(covers, area[None, :], np.iinfo(np.int64).max)
+        best = np.argmin(cand_area, axis=1)
+        parent[rows] = np.where(covers.any(axis=1), best, -1)
+
+    G = batch * world_size
+    incoming = np.zeros(K, dtype=np.int64)
+    full_steps = np.zeros(K, dtype=np.int64)
+    overflow = 0
+    ov_h = ov_w = 0
+    for k in order:
+        total = counts[k] + incoming[k]
+        full_steps[k] = total // G[k]
+        rem = int(total % G[k])
+        if rem:
+            if parent[k] >= 0:
+                incoming[parent[k]] += rem
+            else:
+                overflow += rem
+                ov_h, ov_w = max(ov_h, int(shape[k, 0])), max(ov_w, int(shape[k, 1]))
+                if mode == "pad":
+                    ov_h, ov_w = max(ov_h, int(env_h[k])), max(ov_w, int(env_w[k]))
+    ov_batch = int(sizer(np.array([max(ov_h, 1)]), np.array([max(ov_w, 1)]))[0]) if overflow else 0
+    return Bins(
+        grid=np.stack([gh, gw], axis=1),
+        assign=assign.astype(np.int64),
+        envelope=envelope,
+        shape=shape,
+        batch=batch,
+        parent=parent,
+        order=order.astype(np.int64),
+        counts=counts,
+        incoming=incoming,
+        full_steps=full_steps,
+        overflow_shape=(ov_h, ov_w),
+        overflow_batch=ov_batch,
+        overflow_count=overflow,
+        world_size=world_size,
+        mode=mode,
+    )
+
+
+# ----------------------------------------------------------------------- epoch plan
+
+
+@dataclass
+class EpochPlan:
+    """All global steps of one epoch, identical on every rank.
+
+    `steps[s]` holds the dataset indices of global step s for all ranks together
+    (rank r takes `rank_slice(s, r)`); `shape[s]` is its grid (h, w); `bin[s]` its
+    bin (-1: overflow pool). `n_dropped` images are missing from this epoch and
+    `n_repeated` extra copies were added, both only through the remainder policy.
+    """
+
+    steps: list[np.ndarray]
+    shape: np.ndarray  # (S, 2)
+    bin: np.ndarray  # (S,)
+    batch: np.ndarray  # (S,) per-rank batch size of the step (partial step: ceil)
+    world_size: int
+    n_images: int
+    n_dropped: int = 0
+    n_repeated: int = 0
+    repeated: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def rank_slice(self, step: int, rank: int) -> np.ndarray:
+        """Indices of `step` that rank `rank` processes (contiguous chunks, near-equal sizes)."""
+        idx = self.steps[step]
+        b = int(self.batch[step])
+        if idx.size == b * self.world_size:
+            return idx[rank * b : (rank + 1) * b]
+        return np.array_split(idx, self.world_size)[rank]
+
+    def batches(self, rank: int = 0) -> list[np.ndarray]:
+        return [self.rank_slice(s, rank) for s in range(len(self.steps))]
+
+
+def plan_epoch(bins: Bins, *, seed: int, epoch: int, remainder: str = "partial") -> EpochPlan:
+    """Plan one epoch: shuffle within bins, promote leftovers, cut steps, shuffle steps.
+
+    Deterministic in (seed, epoch). Vectorised over images; the Python loop runs over
+    bins only. The overflow pool's short last step (if any) is placed last.
+    """
+    if remainder not in REMAINDER_POLICIES:
+        raise ValueError(f"remainder must be one of {REMAINDER_POLICIES}, got {remainder!r}")
+    rng = np.random.default_rng([int(seed), int(epoch)])
+    N = bins.assign.size
+    K = bins.n_bins
+    perm = rng.permutation(N)
+    grouped = perm[np.argsort(bins.assign[perm], kind="stable")]
+    bounds = np.concatenate([[0], np.cumsum(bins.counts)])
+    carry: list[list[np.ndarray]] = [[] for _ in range(K)]
+    overflow: list[np.ndarray] = []
+    blocks: list[np.ndarray] = []  # (steps_k, G_k) arrays
+    block_bin: list[int] = []
+    W = bins.world_size
+    for k in bins.order:
+        pool = grouped[bounds[k] : bounds[k + 1]]
+        if carry[k]:
+            pool = rng.permutation(np.concatenate([pool, *carry[k]]))
+        G = int(bins.batch[k]) * W
+        n_full = int(bins.full_steps[k])
+        if n_full:
+            blocks.append(pool[: n_full * G].reshape(n_full, G))
+            block_bin.append(int(k))
+        rest = pool[n_full * G :]
+        if rest.size:
+            (carry[bins.parent[k]] if bins.parent[k] >= 0 else overflow).append(rest)
+
+    steps: list[np.ndarray] = []
+    step_bin: list[int] = []
+    for blk, k in zip(blocks, block_bin):
+        steps.extend(blk)
+        step_bin.extend([k] * blk.shape[0])
+    shapes = [tuple(bins.shape[k]) for k in step_bin]
+    batch = [int(bins.batch[k]) for k in step_bin]
+
+    n_dropped = n_repeated = 0
+    repeated = np.zeros(0, dtype=np.int64)
+    tail: np.ndarray | None = None
+    if overflow:
+        pool = rng.permutation(np.concatenate(overflow))
+        G = bins.overflow_batch * W
+        n_full = pool.size // G
+        for s in range(n_full):
+            steps.append(pool[s * G : (s + 1) * G])
+            step_bin.append(-1)
+            shapes.append(bins.overflow_shape)
+            batch.append(bins.overflow_batch)
+        tail = pool[n_full * G :]
+    order = rng.permutation(len(steps))
+    steps = [steps[i] for i in order]
+    step_bin = [step_bin[i] for i in order]
+    shapes = [shapes[i] for i in order]
+    batch = [batch[i] for i in order]
+
+    if tail is not None and tail.size:
+        G = bins.overflow_batch * W
+        if remainder == "drop":
+            n_dropped = int(tail.size)
+        else:
+            target = G if remainder == "fill" else max(tail.size, W)
+            if target > tail.size:
+                repeated = np.resize(tail, target - tail.size)
+                n_repeated = int(repeated.size)
+                tail = np.concatenate([tail, repeated])
+            steps.append(tail)
+            step_bin.append(-1)
+            shapes.append(bins.overflow_shape)
+            batch.append(-(-tail.size // W))
+    return EpochPlan(
+        steps=steps,
+        shape=np.asarray(shapes, dtype=np.int64).reshape(-1, 2),
+        bin=np.asarray(step_bin, dtype=np.int64),
+        batch=np.asarray(batch, dtype=np.int64),
+        world_size=W,
+        n_images=N,
+        n_dropped=n_dropped,
+        n_repeated=n_repeated,
+        repeated=repeated,
+    )
+
+
+# -------------------------------------------------------------------------- sampler
+
+
+class BinBatch(list):
+    """A list of dataset indices that also carries its target grid `shape` (h, w).
+
+    A plain `list` subclass so `DataLoader(batch_sampler=...)` accepts it; the shape
+    survives pickling to worker processes and is read by `BinnedDataset`.
+    """
+
+    def __init__(self, indices: Sequence[int], shape: tuple[int, int]) -> None:
+        super().__init__(indices)
+        self.shape = (int(shape[0]), int(shape[1]))
+
+
+class DBBBatchSampler(Sampler[list[int]]):
+    """Batch sampler yielding `BinBatch` index lists, one bin shape per step.
+
+    Args:
+        grid_h, grid_w: per-image patch grid after the resize policy (`grid_size`).
+        batch_size / token_budget / flop_budget / model / num_prefix_tokens:
+            per-rank batch sizing, see `BatchSizer`.
+        min_batches: minimum global batches of own images per bin (main DBB knob).
+        mode: "pad" (pad to the bin envelope) or "resize" (resize to the bin shape).
+        remainder: policy for the one short step of an epoch: "partial" (keep it
+            short; if it has fewer images than ranks, repeat some so every rank gets
+            one), "drop" (skip it), "fill" (repeat its images up to a full step).
+        seed, rank, world_size: as in `DistributedSampler`; all ranks must pass the
+            same seed and sizes.
+
+    `set_epoch(e)` before each epoch; `len()` is the number of steps per rank and is
+    the same every epoch.
+    """
+
+    def __init__(
+        self,
+        grid_h: Sequence[int] | np.ndarray,
+        grid_w: Sequence[int] | np.ndarray,
+        *,
+        batch_size: int | None = None,
+        token_budget: int | None = None,
+        flop_budget: float | None = None,
+        model: str | ViTConfig = "vit_base",
+        num_prefix_tokens: int = 1,
+        min_batches: float = 4.0,
+        mode: str = "pad",
+        remainder: str = "partial",
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+        if remainder not in REMAINDER_POLICIES:
+            raise ValueError(f"remainder must be one of {REMAINDER_POLICIES}, got {remainder!r}")
+        self.sizer = BatchSizer(
+            batch_size=batch_size,
+            token_budget=token_budget,
+            flop_budget=flop_budget,
+            model=model,
+            num_prefix_tokens=num_prefix_tokens,
+        )
+        self.bins = build_bins(
+            np.asarray(grid_h), np.asarray(grid_w), sizer=self.sizer, world_size=world_size,
+            min_batches=min_batches, mode=mode,
+        )
+        self.remainder = remainder
+        self.seed = int(seed)
+        self.rank = int(rank)
+        self.world_size = int(world_size)
+        self.epoch = 0
+        self._plan: EpochPlan | None = None
+        self._plan_epoch: int | None = None
+
+    @classmethod
+    def from_sizes(
+        cls,
+        height: Sequence[int] | np.ndarray,
+        width: Sequence[int] | np.ndarray,
+        *,
+        patch: int,
+        max_side: int | None,
+        **kwargs: Any,
+    ) -> "DBBBatchSampler":
+        """Build from pixel sizes (index `height`/`width` columns) via the resize policy."""
+        gh, gw = grid_size(np.asarray(height), np.asarray(width), patch=patch, max_side=max_side)
+        return cls(gh, gw, **kwargs)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def plan(self, epoch: int | None = None) -> EpochPlan:
+        """The full (all-rank) plan of `epoch` (default: the current one); cached."""
+        e = self.epoch if epoch is None else int(epoch)
+        if self._plan is None or self._plan_epoch != e:
+            self._plan = plan_epoch(self.bins, seed=self.seed, epoch=e, remainder=self.remainder)
+            self._plan_epoch = e
+        return self._plan
+
+    def __iter__(self) -> Iterator[BinBatch]:
+        plan = self.plan()
+        for s in range(len(plan)):
+            yield BinBatch(plan.rank_slice(s, self.rank).tolist(), tuple(plan.shape[s]))
+
+    def __len__(self) -> int:
+        b = self.bins
+        n = int(b.full_steps.sum())
+        if b.overflow_count:
+            G = b.overflow_batch * self.world_size
+            n += b.overflow_count // G
+            if b.overflow_count % G and self.remainder != "drop":
+                n += 1
+        return n
+
+
+# -------------------------------------------------------------------------- collate
+
+
+def resize_to_policy(image: torch.Tensor, *, max_side: int | None) -> torch.Tensor:
+    """Downscale a (C, h, w) image so its longer side is <= `max_side` (as `policy_size`)."""
+    h, w = int(image.shape[-2]), int(image.shape[-1])
+    ph, pw = policy_size(np.array([h]), np.array([w]), max_side=max_side)
+    if (int(ph[0]), int(pw[0])) == (h, w):
+        return image
+    return _resize(image, (int(ph[0]), int(pw[0])))
+
+
+def _resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    out = F.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False, antialias=True)
+    return out[0].to(image.dtype)
+
+
+def _as_chw(image: Any) -> torch.Tensor:
+    t = torch.as_tensor(image)
+    if t.ndim == 2:
+        t = t[None]
+    if t.ndim != 3:
+        raise ValueError(f"expected an image of shape (H, W) or (C, H, W), got {tuple(t.shape)}")
+    return t
+
+
+def pad_to_grid(
+    images: Sequence[torch.Tensor], shape: tuple[int, int], *, patch: int, mode: str = "pad"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack (C, h, w) images into one (B, C, H·p, W·p) tensor for grid `shape` = (H, W).
+
+    pad mode: each image sits top-left, zero-padded right and bottom (timm's
+    `dynamic_img_pad` convention); its grid `ceil(h/p) × ceil(w/p)` must fit.
+    resize mode: each image is resized to exactly (H·p, W·p).
+
+    Returns `(images, valid)`; `valid` is (B, H·W) bool in row-major patch order
+    (timm's flatten order), True where a patch holds image pixels. A patch that is
+    pure padding is never valid.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    H, W = int(shape[0]), int(shape[1])
+    imgs = [_as_chw(x) for x in images]
+    if not imgs:
+        raise ValueError("cannot collate an empty batch")
+    C = imgs[0].shape[0]
+    out = torch.zeros((len(imgs), C, H * patch, W * patch), dtype=imgs[0].dtype)
+    valid = torch.zeros((len(imgs), H, W), dtype=torch.bool)
+    for i, im in enumerate(imgs):
+        if im.shape[0] != C:
+            raise ValueError(f"image {i} has {im.shape[0]} channels, image 0 has {C}")
+        if mode == "resize":
+            out[i] = _resize(im, (H * patch, W * patch))
+            valid[i] = True
+            continue
+        h, w = int(im.shape[1]), int(im.shape[2])
+        gh, gw = -(-h // patch), -(-w // patch)
+        if gh > H or gw > W:
+            raise ValueError(f"image {i} of {h}x{w} px (grid {gh}x{gw}) does not fit bin grid {H}x{W} at patch {patch}")
+        out[i, :, :h, :w] = im
+        valid[i, :gh, :gw] = True
+    return out, valid.reshape(len(imgs), H * W)
+
+
+class BinnedDataset(Dataset):
+    """Wraps a map-style dataset so each sample travels with its batch's bin shape.
+
+    `DataLoader` calls `__getitems__(batch)` with the sampler's `BinBatch`; we return
+    `(sample, shape)` pairs for `PadCollate`. Plain integer indexing returns the
+    base sample unchanged.
+    """
+
+    def __init__(self, base: Dataset) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Any:
+        return self.base[index]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[tuple[Any, tuple[int, int] | None]]:
+        shape = getattr(indices, "shape", None)
+        return [(self.base[i], shape) for i in indices]
+
+
+class PadCollate:
+    """`collate_fn` turning a binned batch into `{"image": (B,C,H,W), "valid": (B,L), ...}`.
+
+    Accepts samples that are images (tensor/ndarray, (h,w) or (C,h,w)), dicts with an
+    `"image"` key (other keys go through `default_collate`), or `(sample, shape)`
+    pairs from `BinnedDataset`. Each image is first brought to the resize policy
+    (`max_side`); the batch grid is the pairs' shape, or the smallest grid that
+    fits every image when no shape is given.
+    """
+
+    def __init__(self, *, patch: int, max_side: int | None = None, mode: str = "pad") -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.patch = patch
+        self.max_side = max_side
+        self.mode = mode
+
+    def __call__(self, samples: Sequence[Any]) -> dict[str, Any]:
+        shape: tuple[int, int] | None = None
+        items = []
+        for s in samples:
+            if isinstance(s, tuple) and len(s) == 2 and (s[1] is None or isinstance(s[1], tuple)):
+                s, sh = s
+                shape = shape or sh
+            items.append(s)
+        extras: list[dict[str, Any]] = []
+        images = []
+        for s in items:
+            if isinstance(s, dict):
+                if "image" not in s:
+                    raise KeyError(f"sample dict has no 'image' key; keys: {sorted(s)}")
+                images.append(s["image"])
+                extras.append({k: v for k, v in s.items() if k != "image"})
+            else:
+                images.append(s)
+        imgs = [resize_to_policy(_as_chw(x), max_side=self.max_side) for x in images]
+        if shape is None:
+            p = self.patch
+            shape = (max(-(-im.shape[1] // p) for im in imgs), max(-(-im.shape[2] // p) for im in imgs))
+        x, valid = pad_to_grid(imgs, shape, patch=self.patch, mode=self.mode)
+        out: dict[str, Any] = {"image": x, "valid": valid}
+        if extras and extras[0]:
+            out.update(default_collate(extras))
+        return out

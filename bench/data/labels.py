@@ -1,0 +1,45 @@
+"""Canonical label names and label sets shared by every site.
+
+Canonical names are CheXpert-style, with spaces: NIH's `Effusion` is
+`Pleural Effusion` and `Pleural_Thickening` is `Pleural Thickening`. Site adapters
+map their own tokens onto these names; everything downstream (training targets,
+prediction columns, reports) uses only canonical names.
+"""
+
+from __future__ import annotations
+
+NIH14: tuple[str, ...] = (
+    "Atelectasis",
+    "Cardiomegaly",
+    "Pleural Effusion",
+    "Infiltration",
+    "Mass",
+    "Nodule",
+    "Pneumonia",
+    "Pneumothorax",
+    "Consolidation",
+    "Edema",
+    "Emphysema",
+    "Fibrosis",
+    "Pleural Thickening",
+    "Hernia",
+)
+
+# The five findings the Krones paper evaluates across sites (CheXpert competition set).
+HARMONISED5: tuple[str, ...] = (
+    "Atelectasis",
+    "Cardiomegaly",
+    "Consolidation",
+    "Edema",
+    "Pleural Effusion",
+)
+
+LABEL_SETS: dict[str, tuple[str, ...]] = {"nih14": NIH14, "harmonised5": HARMONISED5}
+
+
+def label_set(name: str) -> tuple[str, ...]:
+    """Resolve a label-set name (`nih14`, `harmonised5`) to its ordered class names."""
+    try:
+        return LABEL_SETS[name]
+    except KeyError:
+        raise KeyError(f"unknown label set {name!r}; known: {', '.join(LABEL_SETS)}") from None

@@ -1,0 +1,103 @@
+"""Synthetic multi-site data in the *official* on-disk layouts of the real datasets.
+
+`generate(out, seed=..., sites=..., scale=...)` writes one folder per site,
+`out/<site>`, that the real site adapter (`bench.data.sites.get_site(site)`) reads
+unchanged. Chest images come from `anatomy.render` with learnable finding
+signatures; each site has its own `SiteStyle` (intensity curve, noise, blur, sizes,
+label prevalences), so a model trained on one site meets a domain shift on another.
+
+Writers. Site `<name>` is written by the module `bench.data.synthetic.<name>`, which
+defines ``write(root: Path, *, seed: int, scale: float) -> dict[str, int]``: it fills
+`root` (an empty temporary folder) and returns counts. Adding a site is one module.
+
+Guarantees:
+* deterministic: the same (seed, scale) gives byte-identical files; a site's files
+  depend only on (seed, scale, site name), not on which other sites are generated;
+* atomic and idempotent: each site is written into `out/.<site>.tmp-<pid>`, the
+  completion marker `MARKER` (seed, scale, counts) is written last, and the folder is
+  renamed to `out/<site>`. A later call finds the marker and skips the site; a folder
+  without a marker, or with one for another seed/scale, is an error (never deleted).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Sequence
+
+from bench.data.sites import DataError
+
+log = logging.getLogger(__name__)
+
+MARKER = ".synthetic_complete.json"
+DEFAULT_SITES: tuple[str, ...] = ("nih", "chexpert", "oct")
+KNOWN_SITES: tuple[str, ...] = (
+    "nih", "chexpert", "oct", "mimic", "covidx", "imagenet", "irma", "generic", "padchest", "vindr",
+)  # fmt: skip
+
+
+def _writer(site: str):  # -> Callable[..., dict[str, int]]
+    try:
+        module = importlib.import_module(f"{__name__}.{site}")
+    except ModuleNotFoundError as exc:
+        if exc.name == f"{__name__}.{site}":
+            raise DataError(f"no synthetic writer for site {site!r}; known: {', '.join(KNOWN_SITES)}") from None
+        raise
+    write = getattr(module, "write", None)
+    if write is None:
+        raise DataError(f"synthetic writer module {module.__name__} defines no write()")
+    return write
+
+
+def read_marker(site_root: Path) -> dict | None:
+    """The completion marker of a generated site folder, or None if absent."""
+    path = site_root / MARKER
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())
+
+
+def generate(
+    out: Path,
+    *,
+    seed: int = 0,
+    sites: Sequence[str] = DEFAULT_SITES,
+    scale: float = 1.0,
+) -> dict[str, Path]:
+    """Write each site under `out/<site>` (skipping complete ones); returns site -> root."""
+    if scale <= 0:
+        raise ValueError(f"scale must be positive, got {scale}")
+    writers = {site: _writer(site) for site in sites}  # fail before writing anything
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    roots: dict[str, Path] = {}
+    for site, write in writers.items():
+        final = out / site
+        if final.exists():
+            marker = read_marker(final)
+            if marker is None:
+                raise DataError(f"{final} exists but has no {MARKER}: not a complete synthetic site; remove it")
+            if marker.get("seed") != seed or marker.get("scale") != scale:
+                raise DataError(
+                    f"{final} was generated with seed={marker.get('seed')} scale={marker.get('scale')}, "
+                    f"not seed={seed} scale={scale}; remove it or use another output folder"
+                )
+            log.info("synthetic %s: complete in %s, skipped", site, final)
+            roots[site] = final
+            continue
+        tmp = out / f".{site}.tmp-{os.getpid()}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        t0 = time.perf_counter()
+        counts = write(tmp, seed=seed, scale=scale)
+        (tmp / MARKER).write_text(json.dumps({"site": site, "seed": seed, "scale": scale, "counts": counts}, sort_keys=True) + "\n")
+        os.replace(tmp, final)
+        log.info("synthetic %s: wrote %s in %.1fs to %s", site, counts, time.perf_counter() - t0, final)
+        roots[site] = final
+    return roots

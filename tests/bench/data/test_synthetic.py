@@ -1,0 +1,86 @@
+"""`generate`: determinism, per-site independence, atomic idempotent output, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.data.sites import DataError
+from bench.data.synthetic import MARKER, generate, read_marker
+
+SCALE = 0.05
+SITES = ("nih", "oct")
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    """Relative path -> file bytes for every file under `root`."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def seed0(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("seed0")
+    generate(out, seed=0, sites=SITES, scale=SCALE)
+    return out
+
+
+def test_same_seed_gives_byte_identical_files(seed0: Path, tmp_path: Path) -> None:
+    roots = generate(tmp_path, seed=0, sites=SITES, scale=SCALE)
+    assert roots == {s: tmp_path / s for s in SITES}
+    for site in SITES:
+        a, b = tree(seed0 / site), tree(tmp_path / site)
+        assert len(a) > 10
+        assert a == b
+
+
+def test_different_seed_differs(seed0: Path, tmp_path: Path) -> None:
+    generate(tmp_path, seed=1, sites=("nih",), scale=SCALE)
+    a, b = tree(seed0 / "nih"), tree(tmp_path / "nih")
+    shared = set(a) & set(b)
+    assert shared  # same layout conventions
+    assert any(a[k] != b[k] for k in shared if k.endswith(".png"))
+
+
+def test_a_site_does_not_depend_on_the_others(seed0: Path, tmp_path: Path) -> None:
+    generate(tmp_path, seed=0, sites=("oct",), scale=SCALE)
+    assert tree(tmp_path / "oct") == tree(seed0 / "oct")
+
+
+def test_marker_is_written_and_counts_match_files(seed0: Path) -> None:
+    marker = read_marker(seed0 / "nih")
+    assert marker is not None and marker["seed"] == 0 and marker["scale"] == SCALE
+    pngs = list((seed0 / "nih" / "images").glob("*.png"))
+    assert marker["counts"]["images"] == len(pngs)
+    oct_marker = json.loads((seed0 / "oct" / MARKER).read_text())
+    jpegs = list((seed0 / "oct").rglob("*.jpeg"))
+    assert sum(oct_marker["counts"].values()) == len(jpegs)
+    assert not [p for p in seed0.iterdir() if p.name.startswith(".")]  # no temp folders left
+
+
+def test_complete_site_is_skipped(tmp_path: Path) -> None:
+    generate(tmp_path, seed=0, sites=("oct",), scale=SCALE)
+    files = sorted((tmp_path / "oct").rglob("*.jpeg"))
+    stamps = [f.stat().st_mtime_ns for f in files]
+    victim = files[0]
+    victim.write_bytes(b"tampered")  # a rewrite would restore it
+    generate(tmp_path, seed=0, sites=("oct",), scale=SCALE)
+    assert victim.read_bytes() == b"tampered"
+    assert [f.stat().st_mtime_ns for f in files[1:]] == stamps[1:]
+
+
+def test_existing_folder_from_other_seed_or_without_marker_is_an_error(tmp_path: Path) -> None:
+    generate(tmp_path, seed=0, sites=("oct",), scale=SCALE)
+    with pytest.raises(DataError, match="seed=0"):
+        generate(tmp_path, seed=1, sites=("oct",), scale=SCALE)
+    (tmp_path / "nih").mkdir()
+    with pytest.raises(DataError, match=MARKER):
+        generate(tmp_path, seed=0, sites=("nih",), scale=SCALE)
+
+
+def test_unknown_site_and_bad_scale() -> None:
+    with pytest.raises(DataError, match="no synthetic writer for site 'nope'"):
+        generate(Path("/nonexistent-should-not-be-created"), sites=("nope",), scale=SCALE)
+    with pytest.raises(ValueError, match="scale"):
+        generate(Path("/nonexistent-should-not-be-created"), scale=0)
