@@ -167,6 +167,79 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _site_options(text: str | None) -> dict:
+    import json
+
+    if not text:
+        return {}
+    try:
+        opts = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CLIError(f"--site-options must be a JSON object, e.g. '{{\"split\": \"valid\"}}': {exc}") from None
+    if not isinstance(opts, dict):
+        raise CLIError("--site-options must be a JSON object")
+    return opts
+
+
+def _site_root(args: argparse.Namespace, site: str) -> Path:
+    """`--root` for a single site, else `--data-root/<site>` (default $BENCH_DATA_ROOT or data/synthetic)."""
+    if args.root:
+        return Path(args.root)
+    return Path(args.data_root or os.environ.get("BENCH_DATA_ROOT") or "data/synthetic") / site
+
+
+def cmd_data_prepare(args: argparse.Namespace) -> int:
+    from bench.data.cache import prepare
+    from bench.train.data import cache_dir_for, load_index, site_read_options
+
+    opts = _site_options(args.site_options)
+    root = _site_root(args, args.site)
+    index = load_index(args.site, str(root), opts, None)
+    out = cache_dir_for(args.cache_dir, args.site, opts) / (f"size{args.size}" if args.size else "native")
+    png16 = site_read_options(args.site).get("png16", "container")
+    t0 = time.time()
+    manifest = prepare(
+        index,
+        out,
+        size=args.size or None,
+        native=args.native,
+        native_max_side=args.native_max_side,
+        png16=png16,
+        on_error=args.on_error,
+        workers=args.workers,
+    )
+    dt = time.time() - t0
+    print(f"cache for {args.site} ({len(index)} images) at {out} in {dt:.1f}s")
+    counts = {k: v for k, v in manifest.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if counts:
+        print("  " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+    print(f"  skipped images (if any) are listed in {out / 'report.json'}")
+    return 0
+
+
+def cmd_data_stats(args: argparse.Namespace) -> int:
+    from bench.data.stats import dataset_summary, site_stats, to_markdown, write_tables
+    from bench.train.data import load_index
+
+    opts = _site_options(args.site_options)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    indexes = {}
+    for site in args.sites:
+        if args.root and len(args.sites) > 1:
+            raise CLIError("--root names one site's folder; with several sites use --data-root")
+        root = _site_root(args, site)
+        table = site_stats(site, root, args.labels, options=opts)
+        files = write_tables(table, out / f"{site}_stats")
+        print(f"== {site} ({root})\n{to_markdown(table)}\n   -> {', '.join(str(f) for f in files)}")
+        indexes[site] = load_index(site, str(root), opts, None)
+    if len(indexes) > 1:
+        summary = dataset_summary(indexes)
+        files = write_tables(summary, out / "datasets_summary")
+        print(f"== summary\n{to_markdown(summary)}\n   -> {', '.join(str(f) for f in files)}")
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     fam = args.family
     if fam == "backbones":
@@ -222,8 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("matrix", type=Path)
     _add_results(r)
     _add_data_root(r)
-    r.add_argument("--executor", choices=["inline", "local"], default="inline", help="inline (this process) or local (submitit subprocesses); default %(default)s")
-    r.add_argument("--max-parallel", type=int, default=1, help="stages running at once (local executor)")
+    r.add_argument("--executor", choices=["inline", "local"], default="local", help="local (submitit subprocesses, dependency-aware, parallel) or inline (this process, easiest to debug); default %(default)s")
+    r.add_argument("--max-parallel", type=int, default=max(1, min(4, os.cpu_count() or 1)), help="stages running at once with the local executor; default %(default)s (cores, at most 4)")
     r.add_argument("--tracking-uri", default=None, help="MLflow URI; default $MLFLOW_TRACKING_URI or sqlite:///RESULTS/mlflow.db")
     r.add_argument("--no-mlflow", action="store_true", help="do not track runs in MLflow")
     r.add_argument("--device", default="cpu", help="torch device (cpu, cuda); default %(default)s")
@@ -255,6 +328,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--scale", type=float, default=1.0, help="multiply the default image counts")
     s.add_argument("--sites", default=None, help="comma-separated site layouts to write (default: all)")
     s.set_defaults(fn=cmd_data_synth)
+
+    pr = dsub.add_parser("prepare", help="decode a site once into a memory-mapped cache that stages read")
+    pr.add_argument("site")
+    pr.add_argument("--root", default=None, help="the site's folder (default DATA_ROOT/<site>)")
+    pr.add_argument("--data-root", default=None, help="parent of the sites' folders (default $BENCH_DATA_ROOT or data/synthetic)")
+    pr.add_argument("--site-options", default=None, help='adapter options as JSON, e.g. \'{"split": "valid"}\'')
+    pr.add_argument("--size", type=int, default=224, help="square side of the fixed-size cache (0: none); default %(default)s")
+    pr.add_argument("--native", action="store_true", help="also write the native-resolution cache (variable-size pre-training)")
+    pr.add_argument("--native-max-side", type=int, default=None, help="cap the native cache's longer side (px)")
+    pr.add_argument("--on-error", choices=["skip", "fail"], default="skip", help="corrupt images: skip (listed in report.json) or fail")
+    pr.add_argument("--workers", type=int, default=1, help="decode processes")
+    pr.add_argument("--cache-dir", type=Path, default=DEFAULT_RESULTS / "cache", help="caches root; stages of `bench run --results R` use R/cache (default %(default)s)")
+    pr.set_defaults(fn=cmd_data_prepare)
+
+    st = dsub.add_parser("stats", help="dataset summary and label-distribution tables (Krones Tables 9-13)")
+    st.add_argument("sites", nargs="+")
+    st.add_argument("--root", default=None, help="data root of the site (one site only)")
+    st.add_argument("--data-root", default=None, help="parent of the sites' folders (default $BENCH_DATA_ROOT or data/synthetic)")
+    st.add_argument("--site-options", default=None, help="adapter options as JSON")
+    st.add_argument("--labels", default="harmonised5", help="label set (nih14, harmonised5); default %(default)s")
+    st.add_argument("--out", default=str(DEFAULT_RESULTS / "data_tables"), help="output folder; default %(default)s")
+    st.set_defaults(fn=cmd_data_stats)
 
     lst = sub.add_parser("list", help="what is registered")
     lst.add_argument("family", choices=["backbones", "methods", "sites", "label-sets", "metrics"])

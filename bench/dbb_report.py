@@ -416,6 +416,10 @@ def _poster_rows(results: Sequence[StrategyResult], dbb_label: str | None) -> li
     return rows
 
 
+def _row_name(name: str, r: StrategyResult) -> str:
+    return name if name != "DBB" else f"DBB ({r.label.removeprefix('DBB ')})"
+
+
 def poster_markdown(results: Sequence[StrategyResult], *, dbb_label: str | None = None) -> str:
     """The poster's three-row table recomputed, with the poster's own figures beside it."""
     ref = results[0]
@@ -428,7 +432,7 @@ def poster_markdown(results: Sequence[StrategyResult], *, dbb_label: str | None 
         ratio = r.processed / ref.processed
         pt, pp, pc = POSTER[key]
         lines.append(
-            f"| {name} | {_sci(r.processed)} | {_pct(ratio)} | {_pct(r.flops['vit_base'] / ref.flops['vit_base'])} "
+            f"| {_row_name(name, r)} | {_sci(r.processed)} | {_pct(ratio)} | {_pct(r.flops['vit_base'] / ref.flops['vit_base'])} "
             f"| {_pct(ratio**2)} | {pt} | {pp}% | {pc}% |"
         )
     return "\n".join(lines)
@@ -448,7 +452,7 @@ def poster_latex(results: Sequence[StrategyResult], *, dbb_label: str | None = N
         pt, pp, pc = POSTER[key]
         mant, exp = pt.split("e")
         rows.append(
-            f"{name} & {tex_sci(r.processed)} & {100 * ratio:.1f}\\% & "
+            f"{_row_name(name, r).replace('_', chr(92) + '_')} & {tex_sci(r.processed)} & {100 * ratio:.1f}\\% & "
             f"{100 * r.flops['vit_base'] / ref.flops['vit_base']:.1f}\\% & {100 * ratio**2:.1f}\\% & "
             f"${mant} \\cdot 10^{{{exp}}}$ & {pp}\\% & {pc}\\% \\\\"
         )

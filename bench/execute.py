@@ -42,6 +42,7 @@ class RunContext:
     threads: int | None = None
     progress: bool = True
     image_policy: str = "skip"  # corrupt images: skip (counted, listed in the stage log) or fail
+    cache_root: str | None = None  # `bench data prepare` caches; stages use one when it matches
 
 
 @dataclass

@@ -174,6 +174,7 @@ def run_matrix(matrix: Matrix, opts: RunOptions) -> tuple[RunSummary, Plan, list
         threads=opts.threads,
         progress=opts.progress,
         image_policy=opts.image_policy,
+        cache_root=str(results / "cache"),
     )
     started = time.time()
     executor = make_executor(opts.executor, results, opts.max_parallel)

@@ -83,9 +83,15 @@ def column_meta(manifest: pd.DataFrame, column: str, key: str) -> object:
     """The first non-missing value of a per-column key (`n`, `location`), or None."""
     if key not in manifest.columns:
         return None
-    vals = manifest.loc[manifest["column"] == column, key]
-    vals = vals[vals.notna()] if vals.dtype != object else vals[[v is not None and v == v for v in vals]]
-    return None if vals.empty else vals.iloc[0]
+    for v in manifest.loc[manifest["column"] == column, key]:
+        if not is_missing(v):
+            return v
+    return None
+
+
+def is_missing(value: object) -> bool:
+    """None or a float NaN (pandas' two spellings of 'no value' in object columns)."""
+    return value is None or (isinstance(value, (float, np.floating)) and np.isnan(value))
 
 
 def is_number(value: object) -> bool:

@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from reports.manifest import column_meta, is_number, ordered
+from reports.manifest import column_meta, is_missing, is_number, ordered
 
 
 @dataclass(frozen=True)
@@ -140,7 +140,7 @@ def metric_table(
         cells: list[Cell] = []
         m_exp = manifest[manifest["experiment"] == exp]
         for d in descriptors:
-            vals = [v for v in m_exp[d].tolist() if v is not None and v == v]
+            vals = [v for v in m_exp[d].tolist() if not is_missing(v)]
             cells.append(Cell(text=str(vals[0]) if vals else "-"))
         for col in cols:
             hit = summary[(summary["experiment"] == exp) & (summary["column"] == col)]
@@ -197,7 +197,7 @@ def size_table(runs: pd.DataFrame, column: str, *, name: str, metric: str = "mea
     g = runs[(runs["column"] == column) & runs["pretrain_size"].notna()].copy()
     if "series" not in g.columns:
         g["series"] = g["experiment"]
-    g["series"] = [s if s is not None and s == s else e for s, e in zip(g["series"], g["experiment"])]
+    g["series"] = [e if is_missing(s) else s for s, e in zip(g["series"], g["experiment"])]
     sizes = sorted({int(v) for v in g["pretrain_size"]})
     rows = []
     for series in ordered(g["series"]):

@@ -28,12 +28,16 @@ _LATEX_SPECIAL = {
     "}": r"\}",
     "~": r"\textasciitilde{}",
     "^": r"\textasciicircum{}",
+    # non-ASCII symbols this package prints; pdflatex's utf8 input has no glyph for them
+    "†": r"\textdagger{}",
+    "±": r"$\pm$",
+    "×": r"$\times$",
 }
 _LATEX_RE = re.compile("|".join(re.escape(k) for k in _LATEX_SPECIAL))
 
 
 def latex_escape(text: str) -> str:
-    """Escape the ten LaTeX special characters so any label prints literally."""
+    """Escape LaTeX's special characters (and a few symbols) so any label prints literally."""
     return _LATEX_RE.sub(lambda m: _LATEX_SPECIAL[m.group(0)], text)
 
 

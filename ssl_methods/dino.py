@@ -122,21 +122,16 @@ class DINO(SSLMethod):
         local = c.local_size or max(self.patch, round(96 / 224 * img_size / self.patch) * self.patch)
         self.local_size = int(local)
         self.momentum = c.momentum
-        self.progress = 0.0
-        self._set_last_layer_trainable(c.freeze_last_layer_frac <= 0)
+        # training progress in [0, 1] (teacher temperature, last-layer freeze); a buffer so
+        # that a resumed run continues the schedules from its checkpoint
+        self.register_buffer("progress", torch.zeros(()))
 
     def export_encoder(self) -> nn.Module:
         return self.teacher
 
-    def _last_layer_v(self) -> nn.Parameter:
-        return self.head.last_layer.parametrizations.weight.original1
-
-    def _set_last_layer_trainable(self, flag: bool) -> None:
-        # A frozen parameter has grad None, which AdamW skips: the same as the reference
-        # setting the last layer's gradients to None during the first epoch(s).
-        self._last_layer_v().requires_grad_(flag)
-        if not self.cfg.norm_last_layer:
-            self.head.last_layer.parametrizations.weight.original0.requires_grad_(flag)
+    @property
+    def last_layer_frozen(self) -> bool:
+        return float(self.progress) < self.cfg.freeze_last_layer_frac
 
     def teacher_temp(self, progress: float) -> float:
         """tau_t: linear warm-up over the first `warmup_teacher_temp_frac`, then constant."""
@@ -147,11 +142,10 @@ class DINO(SSLMethod):
         return c.warmup_teacher_temp + f * (c.teacher_temp - c.warmup_teacher_temp)
 
     def after_step(self, progress: float) -> None:
-        self.progress = float(progress)
+        self.progress.fill_(float(progress))
         self.momentum = cosine_momentum(self.cfg.momentum, progress)
         ema_update(self.teacher, self.encoder, self.momentum)
         ema_update(self.teacher_head, self.head, self.momentum)
-        self._set_last_layer_trainable(progress >= self.cfg.freeze_last_layer_frac)
 
     def make_crops(self, images: Tensor) -> list[Tensor]:
         """[global 1, global 2, local 1..n_local], each (B, C, h, w)."""
@@ -193,10 +187,10 @@ class DINO(SSLMethod):
         if images.ndim != 4 or images.shape[1] != self.in_chans:
             raise ValueError(f"dino: expected (B, {self.in_chans}, H, W) images, got {tuple(images.shape)}")
         crops = self.make_crops(images)
-        student = self.head(self._features(self.encoder, crops)).float()
+        student = self.head(self._features(self.encoder, crops), self.last_layer_frozen).float()
         with torch.no_grad():
             teacher = self.teacher_head(self._features(self.teacher, crops[:2])).float()
-        tau_t = self.teacher_temp(self.progress)
+        tau_t = self.teacher_temp(float(self.progress))
         center = self.center.clone()
         loss = dino_loss(student, teacher, center, len(crops), c.student_temp, tau_t)
         if self.training:

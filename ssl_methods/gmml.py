@@ -51,6 +51,8 @@ class GMMLConfig:
     blur_p: float = 0.1
 
     def __post_init__(self) -> None:
+        if self.fill not in ("noise", "zeros"):
+            raise ConfigError(f"gmml: fill must be 'noise' or 'zeros', got {self.fill!r}")
         if self.n_views < 1:
             raise ConfigError(f"gmml: n_views must be >= 1, got {self.n_views}")
 

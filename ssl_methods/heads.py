@@ -82,6 +82,11 @@ class DINOHead(nn.Module):
         if norm_last_layer:
             g.requires_grad_(False)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, freeze_last_layer: bool = False) -> Tensor:
+        """`freeze_last_layer` detaches the last layer's weight, so its parameters get no
+        gradient (grad stays None and AdamW skips them), like DINO's
+        `cancel_gradients_last_layer` during the first epoch(s)."""
         x = F.normalize(self.mlp(x), dim=-1, p=2)
+        if freeze_last_layer:
+            return F.linear(x, self.last_layer.weight.detach())
         return self.last_layer(x)

@@ -20,8 +20,8 @@ No crop augmentation is applied when `valid` is given (padding geometry is fixed
 Deviations from the reference: views are made on-device with a bilinear
 (not bicubic) batched RandomResizedCrop; inputs are used as given (no ImageNet
 normalisation inside the method; the loop normalises pre-training and fine-tuning
-alike); a `decoder_dim=None` default picks a smaller decoder for encoders narrower
-than 384 (the CPU demo ViT).
+alike); the default decoder is lighter than the reference's 512-d x 8 for ViT-S and the
+CPU demo ViT (`default_decoder`).
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
@@ -69,7 +68,9 @@ class MAEConfig:
     decoder_dim: int | None = None
     decoder_depth: int | None = None
     decoder_heads: int | None = None
-    fixed_pos_embed: bool = True  # encoder pos_embed = frozen 2-D sin-cos (reference)
+    # encoder pos_embed frozen (reference); with init=random it is set to the 2-D sin-cos table,
+    # with a pretrained init the loaded table is kept
+    fixed_pos_embed: bool = True
     drop_path_rate: float = 0.0
     augment: bool = True
     crop_scale: tuple[float, float] = (0.2, 1.0)

@@ -58,6 +58,8 @@ class SiTConfig:
     hflip: float = 0.5
 
     def __post_init__(self) -> None:
+        if self.fill not in ("noise", "zeros"):
+            raise ConfigError(f"sit: fill must be 'noise' or 'zeros', got {self.fill!r}")
         if self.export not in ("teacher", "student"):
             raise ConfigError(f"sit: export must be 'teacher' or 'student', got {self.export!r}")
 

@@ -41,7 +41,10 @@ def _patient_table(df: pd.DataFrame, stratify: Sequence[str], patient_col: str) 
     """Patient ids (sorted), images per patient (P,), positive images per label (P, L)."""
     _check_columns(df, [patient_col, *stratify], "split")
     patients = df[patient_col].astype(str)
-    positive = (df[list(stratify)].to_numpy(dtype=float) == 1.0).astype(np.int64) if stratify else np.zeros((len(df), 0), np.int64)
+    if stratify:
+        positive = (df[list(stratify)].to_numpy(dtype=float) == 1.0).astype(np.int64)
+    else:
+        positive = np.zeros((len(df), 0), np.int64)
     grouped = pd.DataFrame(positive, index=patients.to_numpy()).groupby(level=0, sort=True)
     ids = np.asarray(grouped.size().index, dtype=str)
     counts = grouped.size().to_numpy()
@@ -186,10 +189,63 @@ def few_label_subset(
     picked = assign_splits(
         df, {SUBSET: n / len(df), REST: 1.0 - n / len(df)}, seed=seed, stratify=stratify, patient_col=patient_col
     )
-    out = df[picked == SUBSET].copy()
+    chosen = _fit_exactly(df[patient_col].astype(str), picked == SUBSET, n, np.random.default_rng(seed))
+    out = df[chosen].copy()
     if len(out) != n:
         log.warning("few-label subset: %d images requested, %d drawn (whole patients)", n, len(out))
     return out
+
+
+def _fit_exactly(patients: pd.Series, chosen: pd.Series, n: int, rng: np.random.Generator) -> pd.Series:
+    """Move whole patients in or out of `chosen` until it has `n` rows, when possible.
+
+    Stratified assignment can miss a small target by a patient or two; this greedy
+    repair adds (if short) or removes (if over) patients whose size fits the gap,
+    largest first, visiting candidates in a seeded order.
+    """
+    chosen = chosen.copy()
+    sizes = patients.value_counts()
+    for _ in range(len(sizes)):
+        gap = n - int(chosen.sum())
+        if gap == 0:
+            break
+        pool = patients[~chosen] if gap > 0 else patients[chosen]
+        cand = sizes[sorted(set(pool))]
+        cand = cand[cand <= abs(gap)]
+        if cand.empty:
+            break
+        order = rng.permutation(len(cand))
+        pick = cand.iloc[order].sort_values(ascending=False, kind="stable").index[0]
+        chosen[patients == pick] = gap > 0
+    return chosen
+
+
+def nested_subsets(
+    df: pd.DataFrame,
+    sizes: Sequence[int | float],
+    *,
+    seed: int = 0,
+    stratify: Sequence[str] = (),
+    patient_col: str = "patient_id",
+) -> dict[int | float, pd.DataFrame]:
+    """Few-label subsets where each smaller one lies inside each larger one.
+
+    For label-efficiency curves (1 %, 10 %, 100 %) the smaller training sets should be
+    subsets of the larger ones, so that differences come from the amount of data and
+    not from which patients were drawn. Sizes are relative to `df` (counts or
+    fractions, see `subset_size`); the largest is drawn from `df`, each next one from
+    the previous subset, with the same `seed` and `stratify`. Returns size -> rows.
+    """
+    wanted = {size: subset_size(len(df), size) for size in sizes}
+    out: dict[int | float, pd.DataFrame] = {}
+    current = df
+    for size in sorted(wanted, key=lambda k: -wanted[k]):
+        n = min(wanted[size], len(current))
+        current = current if n == len(current) else few_label_subset(
+            current, n, seed=seed, stratify=stratify, patient_col=patient_col
+        )
+        out[size] = current
+    return {size: out[size] for size in sizes}
 
 
 def check_patient_disjoint(df: pd.DataFrame, patient_col: str = "patient_id", split_col: str = "split") -> None:

@@ -48,6 +48,39 @@ def load_index(site: str, root: str, options: dict[str, Any], splits: Sequence[s
     return index.reset_index(drop=True)
 
 
+def site_read_options(site: str) -> dict[str, Any]:
+    """Pixel-reading options a site declares (e.g. PadChest's 16-bit PNGs hold 12-bit data)."""
+    return dict(getattr(get_site(site), "read_options", {}) or {})
+
+
+def cache_dir_for(cache_root: str | Path, site: str, options: dict[str, Any]) -> Path:
+    """Where `bench data prepare` puts the cache of a site (with its adapter options)."""
+    import hashlib
+    import json
+
+    tag = hashlib.sha256(json.dumps(options, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return Path(cache_root) / f"{site}-{tag}"
+
+
+def open_cache(cache_root: str | Path | None, site: str, options: dict[str, Any], size: int) -> Any:
+    """The prepared cache of (site, options) at `size` px, or None (stages then decode from source)."""
+    if not cache_root:
+        return None
+    from bench.data.cache import CacheReader
+
+    d = cache_dir_for(cache_root, site, options) / f"size{size}"
+    try:
+        reader = CacheReader(d)
+    except FileNotFoundError:
+        return None
+    return reader if reader.size == size else None
+
+
+def source_kwargs(site: str, options: dict[str, Any], size: int, cache_root: str | None) -> dict[str, Any]:
+    """`ImageBatches` keywords for reading a site's pixels: its read options and its cache, if prepared."""
+    return {"read_options": site_read_options(site), "cache": open_cache(cache_root, site, options, size)}
+
+
 def seeded_subset(index: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:
     """A random N-image subset (the paper pre-trains on a random 100,000 per dataset)."""
     if n is None or n >= len(index):
@@ -124,10 +157,13 @@ class ImageBatches:
         shuffle: bool = True,
         drop_last: bool = False,
         cache_limit: int = 20000,
+        read_options: dict[str, Any] | None = None,
+        cache: Any = None,
     ) -> None:
         from bench.data.io import read_image  # pixel decoding lives in the data layer
 
-        self._read = read_image
+        opts = dict(read_options or {})
+        self._read = lambda path: read_image(path, **opts)
         self.index = index.reset_index(drop=True)
         self.paths = self.index["path"].astype(str).tolist()
         self.size = image_size
@@ -142,6 +178,12 @@ class ImageBatches:
         self.drop_last = drop_last and len(self.paths) >= batch_size
         self.bad = BadImages()
         self._cache: dict[int, torch.Tensor] = {} if len(self.paths) <= cache_limit else None  # type: ignore[assignment]
+        # rows of a `bench data prepare` cache (same site/options/size), or -1 when not cached
+        self._disk = cache
+        self._disk_rows = np.full(len(self.paths), -1, dtype=np.int64)
+        if cache is not None:
+            pos = {iid: r for r, iid in enumerate(cache.index["image_id"].astype(str))}
+            self._disk_rows = np.array([pos.get(i, -1) for i in self.index["image_id"].astype(str)], dtype=np.int64)
 
     def __len__(self) -> int:
         n = len(self.paths)
@@ -159,14 +201,17 @@ class ImageBatches:
         path = self.paths[i]
         if path in self.bad.paths:
             return None
-        try:
-            img = self._read(path)
-        except DataError as exc:
-            if self.policy == "fail":
-                raise
-            self.bad.add(path, str(exc))
-            log.warning("skipping unreadable image %s: %s", path, exc)
-            return None
+        if self._disk_rows[i] >= 0:
+            img = self._disk[int(self._disk_rows[i])]
+        else:
+            try:
+                img = self._read(path)
+            except DataError as exc:
+                if self.policy == "fail":
+                    raise
+                self.bad.add(path, str(exc))
+                log.warning("skipping unreadable image %s: %s", path, exc)
+                return None
         # Always round through float16 (what the cache stores), so that a cached and a freshly
         # decoded image are bit-identical; this is what keeps resumed runs exact.
         t = to_model_input(img, self.size, self.in_chans).half()
@@ -220,6 +265,7 @@ class BinnedBatches:
         batch_size: int | None = None,
         token_budget: int | None = None,
         policy: str = "skip",
+        read_options: dict[str, Any] | None = None,
         **sampler_options: Any,
     ) -> None:
         from bench.data.dbb import DBBBatchSampler
@@ -227,7 +273,8 @@ class BinnedBatches:
 
         if index["height"].isna().any() or index["width"].isna().any():
             raise DataError("batching: dbb needs image sizes (height/width) in the site index")
-        self._read = read_image
+        opts = dict(read_options or {})
+        self._read = lambda path: read_image(path, **opts)
         self.index = index.reset_index(drop=True)
         self.paths = self.index["path"].astype(str).tolist()
         self.patch, self.max_side, self.in_chans = patch, max_side, in_chans

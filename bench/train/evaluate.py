@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import torch
 
-from bench.train.data import ImageBatches, load_index
+from bench.train.data import ImageBatches, load_index, source_kwargs
 from bench.train.finetune import predict
 
 if TYPE_CHECKING:
@@ -36,7 +36,15 @@ def run_evaluate(stage: "Stage", store: "Store", logger: "StageLogger", ctx: "Ru
     site = cfg["site"]
     index = load_index(site, stage.paths[site], cfg["site_options"], [cfg["split"]])
     batches = ImageBatches(
-        index, image_size=cfg["image_size"], in_chans=cfg["in_chans"], classes=classes, batch_size=64, seed=0, shuffle=False, policy=ctx.image_policy
+                index,
+        image_size=cfg["image_size"],
+        in_chans=cfg["in_chans"],
+        classes=classes,
+        batch_size=64,
+        seed=0,
+        shuffle=False,
+        policy=ctx.image_policy,
+        **source_kwargs(site, cfg["site_options"], cfg["image_size"], ctx.cache_root),
     )
     probs, rows = predict(model, batches)
     sub = index.iloc[rows].reset_index(drop=True)

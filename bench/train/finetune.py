@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from bench.data.labels import label_set
-from bench.train.data import ImageBatches, load_index
+from bench.train.data import ImageBatches, load_index, source_kwargs
 from bench.train.loop import OptimCfg, default_param_groups, fit
 from bench.train.pretrain import masked_bce, resolve_init
 
@@ -81,7 +81,16 @@ def run_finetune(stage: "Stage", store: "Store", logger: "StageLogger", ctx: "Ru
         for p in model.parameters():
             p.requires_grad_(id(p) in head)
 
-    common = dict(image_size=cfg["image_size"], in_chans=cfg["in_chans"], classes=classes, seed=seed, policy=ctx.image_policy)
+    common = dict(
+        image_size=cfg["image_size"],
+        in_chans=cfg["in_chans"],
+        classes=classes,
+        seed=seed,
+        policy=ctx.image_policy,
+        **source_kwargs(site, f["site_options"], cfg["image_size"], ctx.cache_root),
+    )
+    if common["cache"] is not None:
+        logger.text(f"reading pixels from the prepared cache {common['cache'].root}")
     train_b = ImageBatches(train, batch_size=f["batch_size"], drop_last=True, **common)
     val_b = ImageBatches(val, batch_size=max(f["batch_size"], 64), shuffle=False, **common)
     best_path = store.path(stage.key, "best.tmp.pt")

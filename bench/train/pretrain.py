@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from bench.data.labels import label_set
-from bench.train.data import BinnedBatches, ImageBatches, load_index, seeded_subset
+from bench.train.data import BinnedBatches, ImageBatches, load_index, seeded_subset, site_read_options, source_kwargs
 from bench.train.loop import OptimCfg, default_param_groups, fit
 
 if TYPE_CHECKING:
@@ -113,6 +113,7 @@ def run_pretrain(stage: "Stage", store: "Store", logger: "StageLogger", ctx: "Ru
             batch_size=p["batch_size"],
             token_budget=b["token_budget"],
             policy=ctx.image_policy,
+            read_options=site_read_options(site),
             **b["options"],
         )
         logger.text(f"DBB: {len(batches)} steps per epoch, {batches.sampler.bins.n_bins} bins, max side {b['max_side']} px")
@@ -126,6 +127,7 @@ def run_pretrain(stage: "Stage", store: "Store", logger: "StageLogger", ctx: "Ru
             seed=seed,
             policy=ctx.image_policy,
             drop_last=True,
+            **source_kwargs(site, p["site_options"], cfg["image_size"], ctx.cache_root),
         )
 
     after = getattr(method, "after_step", None)

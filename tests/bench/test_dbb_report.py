@@ -120,6 +120,33 @@ def test_hand_computed_strategies() -> None:
     assert d.real == 25 and d.n_dropped == 0 and 25 <= d.processed <= 36
 
 
+def test_bucket_strategies_batch_within_buckets() -> None:
+    rng = np.random.default_rng(4)
+    h = rng.integers(60, 140, 2000)
+    w = rng.integers(60, 140, 2000)
+    s = SizeSet.build(h, w, patch=16, max_side=128)
+    B = 8
+    # VariViT exact buckets: drop_last drops count mod B of every grid
+    _, counts = np.unique(s.gh * 1000 + s.gw, return_counts=True)
+    lay = STRATEGIES.get("exact_buckets")(s, batch_size=B, seed=0)(0)
+    assert lay.n_dropped == int((counts % B).sum())
+    for j in np.unique(lay.batch_of[lay.batch_of >= 0]):
+        m = lay.batch_of == j
+        assert m.sum() == B
+        assert len(set(zip(s.gh[m].tolist(), s.gw[m].tolist()))) == 1
+    # aspect-ratio buckets: one bucket per batch, nearest aspect ratio, nothing dropped
+    lay = STRATEGIES.get("ar_buckets")(s, batch_size=B, seed=0)(1)
+    assert (lay.batch_of >= 0).all()
+    buckets = ar_buckets(128)
+    for j in np.unique(lay.batch_of):
+        m = np.flatnonzero(lay.batch_of == j)
+        assert 1 <= m.size <= B and len(set(lay.processed[m].tolist())) == 1
+        i = m[0]
+        best = np.abs(np.log(h[i] / w[i]) - np.log(buckets[:, 0] / buckets[:, 1])).min()
+        area = [a for a in buckets if abs(abs(np.log(h[i] / w[i]) - np.log(a[0] / a[1])) - best) < 1e-12]
+        assert lay.processed[i] in {int(a[0] // 16 * (a[1] // 16)) for a in area}
+
+
 def test_benchmark_on_synthetic_sizes_accounts_every_image() -> None:
     rng = np.random.default_rng(1)
     h = rng.integers(300, 1500, 3000)
@@ -143,7 +170,7 @@ def test_main_writes_markdown_and_latex(tmp_path: Path, capsys: pytest.CaptureFi
     assert main([str(p), "--max-side", "512", "--batch-size", "8", "--min-batches", "2", "--out", str(tmp_path / "o")]) == 0
     md = (tmp_path / "o" / "dbb_report.md").read_text()
     tex = (tmp_path / "o" / "dbb_report.tex").read_text()
-    assert "| DBB |" in md and "807%" in md and "119%" in md
+    assert "| DBB (min_batches=4) |" in md and "807%" in md and "119%" in md
     assert "\\begin{tabular}" in tex and "Fixed image size" in tex
     assert "DBB min_batches=2" in capsys.readouterr().out
     bad = tmp_path / "bad.csv"

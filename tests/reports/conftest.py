@@ -55,3 +55,35 @@ def make_row(tmp_path: Path) -> Callable[..., dict]:
         return row
 
     return _make
+
+
+def strip_escaped(s: str) -> str:
+    for esc in (r"\{", r"\}", r"\&", r"\%", r"\_", r"\$", r"\#"):
+        s = s.replace(esc, "")
+    return s
+
+
+def check_latex_structure(tex: str, n_columns: int) -> None:
+    """Structural checks of one `to_latex` output (used here and on every built table)."""
+    lines = tex.splitlines()
+    assert lines[0] == r"\begin{table}[htbp]" and lines[-1] == r"\end{table}"
+    assert lines.index(r"\toprule") < lines.index(r"\midrule") < lines.index(r"\bottomrule")
+    assert tex.isascii(), [ch for ch in tex if not ch.isascii()][:5]
+    body = strip_escaped(tex)
+    depth = 0
+    for ch in body:
+        depth += {"{": 1, "}": -1}.get(ch, 0)
+        assert depth >= 0
+    assert depth == 0
+    top, bottom = lines.index(r"\toprule"), lines.index(r"\bottomrule")
+    for line in lines[top + 1 : bottom]:
+        if line.startswith((r"\midrule", r"\multicolumn")):
+            continue
+        assert strip_escaped(line).count("&") == n_columns, line
+        assert line.endswith(r"\\")
+
+
+@pytest.fixture
+def check_latex() -> Callable[[str, int], None]:
+    """Returns `check_latex(tex, n_columns)`: structural checks of a `to_latex` output."""
+    return check_latex_structure

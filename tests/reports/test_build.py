@@ -68,7 +68,7 @@ def _full_manifest(make_row) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def test_full_build_writes_every_applicable_output(make_row, tmp_path) -> None:
+def test_full_build_writes_every_applicable_output(make_row, tmp_path, check_latex) -> None:
     m = _full_manifest(make_row)
     tokens = pd.DataFrame({"strategy": ["pad", "dbb"], "tokens_processed": [9.22e8, 1.1e9]})
     out = tmp_path / "full"
@@ -89,6 +89,9 @@ def test_full_build_writes_every_applicable_output(make_row, tmp_path) -> None:
     lines_3x = [l for l in t2.splitlines() if l.startswith(("| 3.3 |", "| 3.4 |"))]
     assert "†" not in line_21 and "**" not in line_21
     assert all(("†" in l) != ("**" in l) for l in lines_3x)
+    for tex in out.glob("*.tex"):
+        header = [l for l in tex.read_text().splitlines() if " & " in l][0]
+        check_latex(tex.read_text(), header.count("&"))
     index = (out / "index.md").read_text()
     assert "#provenance-table7_threshold_metrics" in index and "### provenance table7_threshold_metrics" in index
     assert (out / "confusion_matrices.csv").read_text().count("\n") == 1 + 2 * 9

@@ -74,8 +74,7 @@ def test_schedules_and_last_layer_freeze() -> None:
     assert model.teacher_temp(0.0) == pytest.approx(0.04)
     assert model.teacher_temp(0.05) == pytest.approx(0.055)
     assert model.teacher_temp(0.5) == pytest.approx(0.07)
-    v = model.head.last_layer.parametrizations.weight.original1
-    assert not v.requires_grad
+    assert model.last_layer_frozen
     t_before = model.teacher.blocks[1].mlp.fc1.weight.detach().clone()
     with torch.no_grad():
         model.encoder.blocks[1].mlp.fc1.weight.mul_(2.0)
@@ -84,23 +83,31 @@ def test_schedules_and_last_layer_freeze() -> None:
     torch.testing.assert_close(
         model.teacher.blocks[1].mlp.fc1.weight, m * t_before + (1 - m) * model.encoder.blocks[1].mlp.fc1.weight
     )
-    assert not v.requires_grad
+    assert model.last_layer_frozen
     model.after_step(0.06)
-    assert v.requires_grad
+    assert not model.last_layer_frozen
+    assert float(model.state_dict()["progress"]) == pytest.approx(0.06)  # resumable
 
 
 def test_frozen_last_layer_gets_no_update() -> None:
+    """One optimiser for the whole run (as the loop builds it): the last layer is skipped
+    while frozen and trained afterwards."""
     model = _dino(freeze_last_layer_frac=0.5)
     opt = torch.optim.AdamW(model.param_groups(0.04), lr=1e-2)
     v = model.head.last_layer.parametrizations.weight.original1
+    assert any(p is v for g in opt.param_groups for p in g["params"])
     before = v.detach().clone()
+    other = model.head.mlp[0].weight.detach().clone()
     loss, _ = model(torch.rand(4, 1, 64, 64))
+    opt.zero_grad()
     loss.backward()
+    assert v.grad is None
     opt.step()
     torch.testing.assert_close(v.detach(), before)
+    assert not torch.equal(model.head.mlp[0].weight.detach(), other)
     model.after_step(0.6)
-    opt = torch.optim.AdamW(model.param_groups(0.04), lr=1e-2)
     loss, _ = model(torch.rand(4, 1, 64, 64))
+    opt.zero_grad()
     loss.backward()
     opt.step()
     assert not torch.equal(v.detach(), before)

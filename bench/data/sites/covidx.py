@@ -121,7 +121,8 @@ class CovidxSite(Site):
         df = pd.concat(parts, ignore_index=True)
         dup = df["filename"].duplicated()
         if dup.any():
-            raise DataError(f"site 'covidx': {int(dup.sum())} slice(s) listed twice, e.g. {df.loc[dup, 'filename'].tolist()[:3]}")
+            twice = df.loc[dup, "filename"].tolist()[:3]
+            raise DataError(f"site 'covidx': {int(dup.sum())} slice(s) listed twice, e.g. {twice}")
         df["image_id"] = df["filename"].map(lambda f: Path(f).stem)
         return df, images
 
@@ -142,7 +143,8 @@ class CovidxSite(Site):
             df["patient_id"] = df["filename"].map(dict(zip(mapping["filename"], mapping["patient_id"])))
             unmapped = df["patient_id"].isna()
             if unmapped.any():
-                raise DataError(f"{map_path}: no patient_id for {int(unmapped.sum())} slice(s), e.g. {df.loc[unmapped, 'filename'].tolist()[:3]}")
+                examples = df.loc[unmapped, "filename"].tolist()[:3]
+                raise DataError(f"{map_path}: no patient_id for {int(unmapped.sum())} slice(s), e.g. {examples}")
         else:
             parsed = [patient_from_filename(f) for f in df["filename"]]
             df["patient_id"] = [p for p, _ in parsed]

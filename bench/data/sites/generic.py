@@ -1,7 +1,7 @@
 """Generic folder site, and the small reading tools every adapter shares.
 
-The shared tools (`check_options`, `read_csv`, `image_size`, `attach_sizes`,
-`finish_index`, `log_step`) live here because the generic adapter is their most
+The shared tools (`check_options`, `read_csv`, `attach_sizes`, `finish_index`,
+`log_step`, `drop_missing_files`) live here because the generic adapter is their most
 general user: it reads any image tree with an optional labels CSV. The dataset
 adapters (`nih`, `chexpert`, ...) import them from this module.
 
@@ -11,19 +11,19 @@ The generic site itself is defined further down (`GenericSite`).
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
 
+from bench.data.io import image_size, is_dicom
 from bench.data.sites import INDEX_COLUMNS, DataError, Site, check_index, register_site
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".bmp"})
-DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ".dic"})
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".dic", ".tif", ".tiff", ".bmp"})
 MISSING_POLICIES = ("error", "drop")
 
 
@@ -64,28 +64,6 @@ def read_csv(path: Path, site: str, required: Sequence[str], **kwargs: Any) -> p
     return df
 
 
-def image_size(path: Path) -> tuple[int, int]:
-    """(height, width) in pixels from the file header, without decoding the pixels.
-
-    PIL reads only the header on `Image.open`; DICOM is read with
-    `stop_before_pixels`. Unreadable files raise DataError naming the file.
-    """
-    if path.suffix.lower() in DICOM_SUFFIXES:
-        import pydicom
-
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-            return int(ds.Rows), int(ds.Columns)
-        except (OSError, AttributeError, pydicom.errors.InvalidDicomError) as exc:
-            raise DataError(f"cannot read DICOM header of {path}: {exc}") from exc
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-    except (OSError, UnidentifiedImageError) as exc:
-        raise DataError(f"cannot read image header of {path}: {exc}") from exc
-    return int(h), int(w)
-
-
 def log_step(site: str, step: str, before: int, after: int) -> None:
     """Log how many rows a filtering step kept (every adapter logs every filter)."""
     log.info("site %s: %s: %d -> %d rows", site, step, before, after)
@@ -108,7 +86,8 @@ def drop_missing_files(df: pd.DataFrame, site: str, policy: str) -> pd.DataFrame
 
 
 def attach_sizes(df: pd.DataFrame) -> pd.DataFrame:
-    """Fill `height`/`width` from each file's header (see `image_size`)."""
+    """Fill `height`/`width` from each file's header (`bench.data.io.image_size`: PIL
+    reads only the header, DICOM is read without pixel data)."""
     sizes = [image_size(Path(p)) for p in df["path"]]
     df = df.copy()
     df["height"] = [h for h, _ in sizes]
@@ -128,3 +107,169 @@ def finish_index(df: pd.DataFrame, site: str, labels: Sequence[str]) -> pd.DataF
         df[lab] = df[lab].astype("float64") if lab in df.columns else np.nan
     df = df[list(INDEX_COLUMNS) + list(labels)].reset_index(drop=True)
     return check_index(df, site)
+
+
+# -- the generic site -------------------------------------------------------------------
+GENERIC_DEFAULTS: dict[str, Any] = {
+    "labels_csv": None,
+    "image_col": "image",
+    "patient_col": None,
+    "label_cols": None,
+    "class_col": None,
+    "split_col": None,
+    "view_col": None,
+    "patient_pattern": None,
+    "unlisted": "drop",
+    "missing": "error",
+}
+UNLISTED_POLICIES = ("drop", "keep")
+
+
+def list_images(root: Path) -> list[Path]:
+    """Every image file under `root` (by extension, or DICOM magic for extension-less files)."""
+    out = []
+    for p in sorted(root.rglob("*")):
+        if not p.is_file() or p.name.startswith("."):
+            continue
+        suffix = p.suffix.lower()
+        if suffix in IMAGE_SUFFIXES or (suffix == "" and is_dicom(p)):
+            out.append(p)
+    return out
+
+
+def dicom_fields(path: Path) -> dict[str, str]:
+    """PatientID and ViewPosition from a DICOM header ('' when absent or not DICOM)."""
+    if not is_dicom(path):
+        return {"PatientID": "", "ViewPosition": ""}
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    except (OSError, pydicom.errors.InvalidDicomError) as exc:
+        raise DataError(f"cannot read DICOM header of {path}: {exc}") from exc
+    return {"PatientID": str(ds.get("PatientID", "") or ""), "ViewPosition": str(ds.get("ViewPosition", "") or "")}
+
+
+@register_site
+class GenericSite(Site):
+    """Any PNG/JPEG/DICOM tree, optionally with a labels CSV (the in-house PACS case).
+
+    Images: every image file under `root` (`list_images`); `image_id` is the path
+    relative to `root` without its suffix.
+    Labels CSV (`labels_csv`, relative to `root` or absolute): `image_col` holds the
+    image path relative to `root`. Multi-label: `label_cols` (default: every column
+    not used for image/patient/split/view/class) with values 1, 0 or blank (NaN).
+    Multi-class: `class_col` names one column of class names, expanded to one-hot
+    columns (sorted names). Images not in the CSV are dropped (`unlisted="drop"`) or
+    kept with NaN labels (`"keep"`); CSV rows whose image is missing follow `missing`.
+    Patient id, first match wins: `patient_col` in the CSV; `patient_pattern`, a regex
+    whose first group is taken from the relative POSIX path; the DICOM PatientID; the
+    image id. Split: `split_col` (values train/val/test) or `train` everywhere (split
+    by patient later, `bench.data.splits`). View: `view_col`, DICOM ViewPosition, or
+    `unknown`.
+    """
+
+    name = "generic"
+    labels = ()
+    description = "any PNG/JPEG/DICOM folder + optional labels CSV (multi-label or multi-class)"
+
+    def load_index(self, root: Path, **options: Any) -> pd.DataFrame:
+        opts = check_options(self.name, options, GENERIC_DEFAULTS)
+        check_choice(self.name, "unlisted", opts["unlisted"], UNLISTED_POLICIES)
+        check_choice(self.name, "missing", opts["missing"], MISSING_POLICIES)
+        root = require_dir(self.name, root)
+        files = list_images(root)
+        df = pd.DataFrame({"path": [str(p) for p in files], "rel": [p.relative_to(root).as_posix() for p in files]})
+        log_step(self.name, f"image files under {root}", len(df), len(df))
+        labels: tuple[str, ...] = ()
+        if opts["labels_csv"] is not None:
+            df, labels = self._join_labels(root, df, opts)
+        if df.empty:
+            raise DataError(f"site 'generic': no images under {root}")
+        df["image_id"] = df["rel"].map(lambda r: str(Path(r).with_suffix("")))
+        dicom = [dicom_fields(Path(p)) for p in df["path"]]
+        patient = df["_patient"] if "_patient" in df else pd.Series(np.nan, index=df.index, dtype=object)
+        if opts["patient_pattern"] is not None:
+            pattern = re.compile(opts["patient_pattern"])
+            if pattern.groups < 1:
+                raise DataError(f"site 'generic': patient_pattern {opts['patient_pattern']!r} needs a capturing group")
+            from_path = df["rel"].map(lambda r: m.group(1) if (m := pattern.search(r)) else None)
+            patient = patient.where(patient.notna(), from_path)
+        from_dicom = pd.Series([d["PatientID"] or None for d in dicom], index=df.index, dtype=object)
+        patient = patient.where(patient.notna(), from_dicom)
+        df["patient_id"] = patient.where(patient.notna(), df["image_id"]).astype(str)
+        view = df["_view"] if "_view" in df else pd.Series(np.nan, index=df.index, dtype=object)
+        view = view.where(view.notna(), pd.Series([d["ViewPosition"] or None for d in dicom], index=df.index, dtype=object))
+        df["view"] = view.where(view.notna(), "unknown").astype(str)
+        if "_split" in df:
+            bad = sorted(set(df["_split"].astype(str)) - {"train", "val", "test"})
+            if bad:
+                raise DataError(
+                    f"site 'generic': split column {opts['split_col']!r} has values {bad}; allowed train/val/test"
+                )
+            df["split"] = df["_split"].astype(str)
+        else:
+            df["split"] = "train"
+        df = attach_sizes(df)
+        return finish_index(df, self.name, labels)
+
+    def _join_labels(
+        self, root: Path, df: pd.DataFrame, opts: dict[str, Any]
+    ) -> tuple[pd.DataFrame, tuple[str, ...]]:
+        """Merge the labels CSV onto the image list (`df`: path, rel); returns (frame, label names).
+
+        Side columns `_patient`, `_split`, `_view` carry the CSV's optional columns.
+        """
+        csv_path = Path(opts["labels_csv"])
+        csv_path = csv_path if csv_path.is_absolute() else root / csv_path
+        roles = ("image_col", "patient_col", "split_col", "view_col", "class_col")
+        used = {opts[k]: k for k in roles if opts[k] is not None}  # CSV column -> role
+        table = read_csv(csv_path, self.name, list(used) + list(opts["label_cols"] or []), dtype={opts["image_col"]: str})
+        if opts["class_col"] is not None:
+            names = table[opts["class_col"]]
+            labels = tuple(sorted(names.dropna().astype(str).unique()))
+            for c in labels:
+                table[c] = np.where(names.isna(), np.nan, (names.astype(str) == c).astype(float))
+        else:
+            labels = tuple(opts["label_cols"] if opts["label_cols"] is not None else [c for c in table.columns if c not in used])
+            for c in labels:
+                table[c] = _binary_column(table[c], f"{csv_path}: label column {c!r}")
+        rel = table[opts["image_col"]].astype(str).map(lambda r: Path(r).as_posix())  # Path drops a leading ./
+        dup = rel.duplicated()
+        if dup.any():
+            raise DataError(f"{csv_path}: {int(dup.sum())} image(s) listed twice, e.g. {rel[dup].tolist()[:3]}")
+        side = {"patient_col": "_patient", "split_col": "_split", "view_col": "_view"}
+        listed = pd.DataFrame(
+            {
+                "rel": rel.to_numpy(),
+                **{side[role]: table[col].to_numpy() for col, role in used.items() if role in side},
+                **{c: table[c].to_numpy() for c in labels},
+            }
+        )
+        merged = listed.merge(df, on="rel", how="outer", indicator=True)
+        lost = merged["_merge"] == "left_only"
+        if lost.any() and opts["missing"] == "error":
+            raise DataError(
+                f"{csv_path}: {int(lost.sum())} listed image(s) not found under {root}, "
+                f"e.g. {merged.loc[lost, 'rel'].tolist()[:3]}; pass missing='drop' to skip them"
+            )
+        if lost.any():
+            log_step(self.name, "drop listed images that are missing", len(merged), int((~lost).sum()))
+            merged = merged[~lost]
+        unlisted = merged["_merge"] == "right_only"
+        if unlisted.any() and opts["unlisted"] == "drop":
+            log_step(self.name, f"drop images not listed in {csv_path.name}", len(merged), int((~unlisted).sum()))
+            merged = merged[~unlisted]
+        merged = merged.drop(columns="_merge").sort_values("rel").reset_index(drop=True)
+        return merged, labels
+
+
+def _binary_column(values: pd.Series, where: str) -> pd.Series:
+    """1 / 0 / blank -> 1.0 / 0.0 / NaN; anything else is a DataError naming `where`."""
+    numeric = pd.to_numeric(values, errors="coerce")
+    not_numbers = set(values[numeric.isna() & values.notna()].astype(str))
+    not_binary = {str(v) for v in set(numeric.dropna()) - {0.0, 1.0}}
+    bad = sorted(not_numbers | not_binary)
+    if bad:
+        raise DataError(f"{where} has values {bad[:5]}; expected 1, 0 or blank")
+    return numeric.astype(float)

@@ -93,13 +93,19 @@ class IrmaSite(Site):
             csv_name, folder = PARTS[split]
             if not (root / csv_name).is_file() and opts["splits"] is None and split != "train":
                 continue  # the test part is optional unless asked for
-            table = read_csv(root / csv_name, self.name, ("image_id", "irma_code"), sep=";", dtype=str, keep_default_na=False)
+            table = read_csv(
+                root / csv_name, self.name, ("image_id", "irma_code"), sep=";", dtype=str, keep_default_na=False
+            )
             table = table.apply(lambda col: col.str.strip())
             bad = [c for c in table["irma_code"] if not CODE_RE.match(c)]
             if bad:
-                raise DataError(f"{root / csv_name}: {len(bad)} malformed irma_code value(s), e.g. {bad[:3]}; expected TTTT-DDD-AAA-BBB")
+                raise DataError(
+                    f"{root / csv_name}: {len(bad)} malformed irma_code value(s), e.g. {bad[:3]}; "
+                    "expected TTTT-DDD-AAA-BBB"
+                )
             images = image_folder(root, folder)
-            frames.append(table.assign(split=split, path=[str(images / f"{i}.png") for i in table["image_id"]], _csv=str(root / csv_name)))
+            paths = [str(images / f"{i}.png") for i in table["image_id"]]
+            frames.append(table.assign(split=split, path=paths, _csv=str(root / csv_name)))
         df = pd.concat(frames, ignore_index=True)
         parts = df["irma_code"].str.extract(CODE_RE)
         df["view"] = parts[1].map(view_of)
@@ -125,7 +131,8 @@ class IrmaSite(Site):
             classes = tuple(sorted(target.unique()))
         else:
             if label not in df.columns:
-                raise DataError(f"site 'irma': {df['_csv'].iloc[0]} has no column {label!r}; found {[c for c in df.columns if not c.startswith('_')]}")
+                found = [c for c in df.columns if not c.startswith("_")]
+                raise DataError(f"site 'irma': {df['_csv'].iloc[0]} has no column {label!r}; found {found}")
             target = df[label].where(df[label] != NULL)
             values = sorted(target.dropna().unique(), key=lambda v: (len(v), v))
             classes = tuple(f"class_{v}" for v in values)

@@ -96,7 +96,10 @@ class MIMICSite(Site):
         df = meta.merge(split[["dicom_id", "split"]], on="dicom_id", how="left", validate="one_to_one")
         no_split = df["split"].isna()
         if no_split.any():
-            raise DataError(f"site 'mimic': {int(no_split.sum())} image(s) of the metadata have no split, e.g. {df.loc[no_split, 'dicom_id'].tolist()[:3]}")
+            raise DataError(
+                f"site 'mimic': {int(no_split.sum())} image(s) of the metadata have no split, "
+                f"e.g. {df.loc[no_split, 'dicom_id'].tolist()[:3]}"
+            )
         df = df.merge(labels, on=list(LABEL_KEYS), how="left", validate="many_to_one", indicator=True)
         unlabelled = int((df["_merge"] == "left_only").sum())
         log_step(self.name, f"images with a {opts['labeler']} label row", len(df), len(df) - unlabelled)
@@ -122,7 +125,10 @@ class MIMICSite(Site):
             log_step(self.name, f"split in {keep}", before, len(df))
         df = df.assign(
             image_id=df["dicom_id"].astype(str),
-            path=[str(root / image_relpath(int(s), int(t), str(d))) for s, t, d in zip(df["subject_id"], df["study_id"], df["dicom_id"])],
+            path=[
+                str(root / image_relpath(int(s), int(t), str(d)))
+                for s, t, d in zip(df["subject_id"], df["study_id"], df["dicom_id"])
+            ],
             patient_id=df["subject_id"].astype(np.int64).astype(str),
             height=df["Rows"].astype(np.int64),
             width=df["Columns"].astype(np.int64),

@@ -142,14 +142,17 @@ class NIHSite(Site):
         df = attach_sizes(df)
         return finish_index(df, self.name, NIH14)
 
-    def _csv(self, root: Path) -> pd.DataFrame:
+    def _csv_path(self, root: Path) -> Path:
         for name in CSV_NAMES:
             if (root / name).is_file():
-                return read_csv(root / name, self.name, REQUIRED_COLUMNS)
+                return root / name
         raise DataError(f"site 'nih': none of {CSV_NAMES} found in {root}")
 
+    def _csv(self, root: Path) -> pd.DataFrame:
+        return read_csv(self._csv_path(root), self.name, REQUIRED_COLUMNS)
+
     def _rows(self, csv: pd.DataFrame, images: Mapping[str, Path], root: Path) -> pd.DataFrame:
-        csv_path = next(root / n for n in CSV_NAMES if (root / n).is_file())
+        csv_path = self._csv_path(root)
         labels = [parse_finding_labels(v, f"{csv_path} row {i + 2}") for i, v in enumerate(csv["Finding Labels"])]
         names = csv["Image Index"].astype(str)
         df = pd.DataFrame(
@@ -193,7 +196,9 @@ class NIHSite(Site):
             for n, line in enumerate(_read_list(path), start=1):
                 parts = line.split()
                 if len(parts) != 1 + len(NIH_LABEL_ORDER):
-                    raise DataError(f"{path} line {n}: expected a path and {len(NIH_LABEL_ORDER)} labels, got {len(parts)} fields")
+                    raise DataError(
+                        f"{path} line {n}: expected a path and {len(NIH_LABEL_ORDER)} labels, got {len(parts)} fields"
+                    )
                 file = Path(parts[0]).name
                 m = _PATIENT_RE.match(file)
                 if m is None:

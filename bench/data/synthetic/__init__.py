@@ -17,6 +17,8 @@ Guarantees:
   completion marker `MARKER` (seed, scale, counts) is written last, and the folder is
   renamed to `out/<site>`. A later call finds the marker and skips the site; a folder
   without a marker, or with one for another seed/scale, is an error (never deleted).
+  When two processes generate the same site at once, the first rename wins and the
+  other discards its identical copy.
 """
 
 from __future__ import annotations
@@ -96,8 +98,17 @@ def generate(
         tmp.mkdir()
         t0 = time.perf_counter()
         counts = write(tmp, seed=seed, scale=scale)
-        (tmp / MARKER).write_text(json.dumps({"site": site, "seed": seed, "scale": scale, "counts": counts}, sort_keys=True) + "\n")
-        os.replace(tmp, final)
+        marker = {"site": site, "seed": seed, "scale": scale, "counts": counts}
+        (tmp / MARKER).write_text(json.dumps(marker, sort_keys=True) + "\n")  # last: marks completion
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            # Another process (e.g. a parallel job) finished the same site first: keep
+            # its copy if it is the same generation, else report the conflict.
+            marker = read_marker(final)
+            shutil.rmtree(tmp)
+            if marker is None or marker.get("seed") != seed or marker.get("scale") != scale:
+                raise DataError(f"{final} appeared while generating it and is not seed={seed} scale={scale}") from None
         log.info("synthetic %s: wrote %s in %.1fs to %s", site, counts, time.perf_counter() - t0, final)
         roots[site] = final
     return roots

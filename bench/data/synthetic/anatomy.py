@@ -233,7 +233,9 @@ class Canvas:
         wobble = rough * smooth_noise(rng, self.density.shape, max(2.0, rx * self.height * 0.7))
         return _soft(1.0 - r + 0.25 * wobble, 0.15)
 
-    def random_lung_point(self, rng: np.random.Generator, side: str, y_lo: float = 0.25, y_hi: float = 0.65) -> tuple[float, float]:
+    def random_lung_point(
+        self, rng: np.random.Generator, side: str, y_lo: float = 0.25, y_hi: float = 0.65
+    ) -> tuple[float, float]:
         """A point well inside one lung field (for nodules, masses, focal opacities)."""
         a = self.anat
         u = rng.uniform(0.25, 0.75)
@@ -279,7 +281,8 @@ class Canvas:
             clav_y = clav_y - 0.03
         ribs += 1.3 * _soft(0.012 - np.abs(y - clav_y), px) * _soft(0.85 * self.thorax_hw - dx, 2 * px)
         if self.view == "AP":  # scapulae project over the upper lateral lung fields in AP
-            scap = _soft(0.07 - np.abs(dx - 0.9 * self.thorax_hw), 3 * px) * _soft(0.45 - y, 4 * px) * _soft(y - 0.15, 4 * px)
+            scap = _soft(0.07 - np.abs(dx - 0.9 * self.thorax_hw), 3 * px)
+            scap = scap * _soft(0.45 - y, 4 * px) * _soft(y - 0.15, 4 * px)
             d += 0.10 * scap * body
         d += 0.10 * np.clip(ribs, 0, 1.5) * in_chest
         # Mediastinum and spine, then the heart, then the abdomen below the diaphragm.
@@ -629,7 +632,7 @@ class SiteStyle:
 
 def apply_style(density: np.ndarray, style: SiteStyle, rng: np.random.Generator) -> np.ndarray:
     """Site intensity curve, blur and noise (see `SiteStyle`); returns values in [0, 1]."""
-    img = np.clip(density, 0.0, 1.0) ** style.gamma * style.contrast + style.brightness
+    img = np.clip(density.astype(np.float64), 0.0, 1.0) ** style.gamma * style.contrast + style.brightness
     if style.blur > 0:
         img = ndimage.gaussian_filter(img, style.blur, mode="nearest")
     img = img + rng.normal(0.0, style.noise, img.shape) if style.noise > 0 else img

@@ -16,6 +16,7 @@ Images are JPEG with a different intensity curve, more blur and variable aspect.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +63,7 @@ STYLE = SiteStyle(
     images_per_patient=(1, 4),
     ap_fraction=0.85,  # CheXpert frontal: AP 161,590 / PA 29,420
 )
-TRAIN_STYLE = SiteStyle(**{**STYLE.__dict__, "prevalence": TRAIN_PREVALENCE})
+TRAIN_STYLE = replace(STYLE, prevalence=TRAIN_PREVALENCE)
 
 
 def _size(style: SiteStyle, rng: np.random.Generator) -> tuple[int, int]:

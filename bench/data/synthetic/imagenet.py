@@ -43,7 +43,8 @@ def _shape_mask(k: int, x: np.ndarray, y: np.ndarray, r: float, angle: float) ->
     elif k == 3:
         m = np.where(rad < r * 1.3, np.sin(v * 2 * np.pi / (r / 2.5)) * r / 4, -1.0)
     elif k == 4:
-        m = np.where(np.maximum(np.abs(u), np.abs(v)) < r, np.sin(u * np.pi / (r / 3)) * np.sin(v * np.pi / (r / 3)) * r, -1.0)
+        checks = np.sin(u * np.pi / (r / 3)) * np.sin(v * np.pi / (r / 3)) * r
+        m = np.where(np.maximum(np.abs(u), np.abs(v)) < r, checks, -1.0)
     elif k == 5:
         m = r * 0.25 - np.abs(rad - r * 0.75)
     elif k == 6:

@@ -160,7 +160,10 @@ def render_region(region: str, rng: np.random.Generator, h: int, w: int) -> np.n
 def write(root: Path, *, seed: int, scale: float) -> dict[str, int]:
     """Write the site under `root` (created); returns counts for the completion marker."""
     rng = site_rng(seed, "irma")
-    n_parts = {"train": max(1, int(round(N_TRAIN_PER_REGION * scale))), "test": max(1, int(round(N_TEST_PER_REGION * scale)))}
+    n_parts = {
+        "train": max(1, int(round(N_TRAIN_PER_REGION * scale))),
+        "test": max(1, int(round(N_TEST_PER_REGION * scale))),
+    }
     files = {"train": ("ImageCLEFmed2009_train_codes.02.csv", "ImageCLEFmed2009_train.02"),
              "test": ("ImageCLEFmed2009_test_codes.03.csv", "ImageCLEFmed2009_test.03")}  # fmt: skip
     codes = sorted(f"1121-{d}-{a}-700" for a, _, ds in REGIONS.values() for d in ds)
@@ -175,7 +178,10 @@ def write(root: Path, *, seed: int, scale: float) -> dict[str, int]:
                 next_id += int(irng.integers(1, 40))
                 long_side = int(irng.integers(96, 193))
                 aspect = irng.uniform(lo, hi)  # height / width
-                h, w = (long_side, int(round(long_side / aspect))) if aspect >= 1 else (int(round(long_side * aspect)), long_side)
+                if aspect >= 1:
+                    h, w = long_side, int(round(long_side / aspect))
+                else:
+                    h, w = int(round(long_side * aspect)), long_side
                 code = f"1121-{dirs[int(irng.integers(len(dirs)))]}-{anat}-700"
                 save_png(render_region(region, irng, h, w), root / folder / folder / f"{next_id}.png")
                 c = class_no[code]

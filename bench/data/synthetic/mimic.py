@@ -102,7 +102,9 @@ def write(root: Path, *, seed: int, scale: float) -> dict[str, int]:
                 meta.append(
                     {
                         "dicom_id": dicom_id, "subject_id": subject, "study_id": study,
-                        "PerformedProcedureStepDescription": "CHEST (PA AND LAT)" if len(views) > 1 else "CHEST (PORTABLE AP)",
+                        "PerformedProcedureStepDescription": (
+                            "CHEST (PA AND LAT)" if len(views) > 1 else "CHEST (PORTABLE AP)"
+                        ),
                         "ViewPosition": view, "Rows": h, "Columns": w, "StudyDate": date,
                         "StudyTime": round(float(prng.uniform(0, 235959)), 3),
                         "ProcedureCodeSequence_CodeMeaning": "CHEST (PA AND LAT)",

@@ -14,6 +14,7 @@ probability `PERSIST`, else draws new ones.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +56,7 @@ STYLE = SiteStyle(
     images_per_patient=(1, 10),
     ap_fraction=0.40,  # NIH: PA 67,310 / AP 44,810
 )
-TEST_STYLE = SiteStyle(**{**STYLE.__dict__, "prevalence": TEST_PREVALENCE})
+TEST_STYLE = replace(STYLE, prevalence=TEST_PREVALENCE)
 
 
 def finding_labels(labels: dict[str, bool]) -> str:

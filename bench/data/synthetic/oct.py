@@ -31,8 +31,14 @@ HEIGHT = 96
 ASPECTS = (1.03, 1.55, 2.06)  # 496 x 512 / 768 / 1024 in the real data
 
 # Reflectivity profile over normalised depth (0 = inner surface, 1 = RPE).
-_DEPTH = np.array([-0.3, -0.01, 0.0, 0.08, 0.1, 0.3, 0.32, 0.42, 0.44, 0.5, 0.52, 0.8, 0.84, 0.86, 0.9, 1.0, 1.04, 1.5, 3.0])
-_REFL = np.array([0.04, 0.04, 0.75, 0.7, 0.45, 0.45, 0.22, 0.22, 0.5, 0.5, 0.18, 0.18, 0.7, 0.35, 0.9, 0.95, 0.55, 0.3, 0.05])
+# (depth, reflectivity): vitreous, nerve fibres, ganglion/inner plexiform, inner nuclear,
+# outer plexiform, outer nuclear, ellipsoid zone, RPE, choroid fading out.
+_PROFILE = np.array([
+    (-0.3, 0.04), (-0.01, 0.04), (0.0, 0.75), (0.08, 0.7), (0.1, 0.45), (0.3, 0.45), (0.32, 0.22),
+    (0.42, 0.22), (0.44, 0.5), (0.5, 0.5), (0.52, 0.18), (0.8, 0.18), (0.84, 0.7), (0.86, 0.35),
+    (0.9, 0.9), (1.0, 0.95), (1.04, 0.55), (1.5, 0.3), (3.0, 0.05),
+])  # fmt: skip
+_DEPTH, _REFL = _PROFILE[:, 0], _PROFILE[:, 1]
 
 
 def _bump(x: np.ndarray, centre: float, width: float) -> np.ndarray:

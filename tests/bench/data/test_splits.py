@@ -133,3 +133,15 @@ def test_check_patient_disjoint_names_the_patients() -> None:
     df = pd.DataFrame({"patient_id": ["a", "a", "b"], "split": ["train", "test", "train"]})
     with pytest.raises(DataError, match=r"1 patient\(s\) appear in several splits, e.g. \['a'\]"):
         check_patient_disjoint(df)
+
+
+def test_nested_subsets_are_nested_and_sized(index: pd.DataFrame) -> None:
+    from bench.data.splits import nested_subsets
+
+    subsets = nested_subsets(index, [0.01, 1000, 0.1], seed=2, stratify=LABELS)
+    assert list(subsets) == [0.01, 1000, 0.1]
+    assert len(subsets[0.01]) == round(0.01 * len(index))
+    assert len(subsets[0.1]) == round(0.1 * len(index)) and len(subsets[1000]) == 1000
+    assert set(subsets[0.01].index) <= set(subsets[0.1].index) <= set(subsets[1000].index)
+    for sub in subsets.values():
+        assert not set(sub["patient_id"]) & set(index.loc[~index.index.isin(sub.index), "patient_id"])

@@ -84,3 +84,45 @@ def test_unknown_site_and_bad_scale() -> None:
         generate(Path("/nonexistent-should-not-be-created"), sites=("nope",), scale=SCALE)
     with pytest.raises(ValueError, match="scale"):
         generate(Path("/nonexistent-should-not-be-created"), scale=0)
+
+
+def test_concurrent_generation_keeps_the_first_complete_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Simulate a parallel job finishing the site between our check and our rename."""
+    import bench.data.synthetic as synthetic
+
+    other = tmp_path / "other"
+    generate(other, seed=0, sites=("oct",), scale=SCALE)
+    real_writer = synthetic._writer("oct")
+
+    def racing_writer(root: Path, *, seed: int, scale: float) -> dict[str, int]:
+        counts = real_writer(root, seed=seed, scale=scale)
+        import shutil
+
+        shutil.copytree(other / "oct", tmp_path / "out" / "oct")  # the other job wins the race
+        return counts
+
+    monkeypatch.setattr(synthetic, "_writer", lambda site: racing_writer)
+    roots = generate(tmp_path / "out", seed=0, sites=("oct",), scale=SCALE)
+    assert tree(roots["oct"]) == tree(other / "oct")
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
+
+
+ALL_SITES = ("nih", "oct", "mimic", "covidx", "imagenet", "irma", "generic")
+
+
+@pytest.mark.slow
+def test_every_generated_site_is_read_by_its_adapter_and_the_pixel_reader(tmp_path: Path) -> None:
+    """End to end: writer -> adapter (default options) -> `read_image` on every image's
+    first and last row; shapes agree with the index's header sizes, values in [0, 1]."""
+    from bench.data.io import read_image
+    from bench.data.sites import check_index, get_site
+
+    roots = generate(tmp_path, seed=5, sites=ALL_SITES, scale=0.08)
+    for site, root in roots.items():
+        df = check_index(get_site(site).load_index(root), site)
+        assert len(df) > 3, site
+        assert (df["patient_id"].str.len() > 0).all(), site
+        for rec in (df.iloc[0], df.iloc[-1]):
+            img = read_image(rec["path"])
+            assert img.ndim == 2 and img.shape == (rec["height"], rec["width"]), site
+            assert 0.0 <= float(img.min()) and float(img.max()) <= 1.0 and float(img.max()) > 0.3, site

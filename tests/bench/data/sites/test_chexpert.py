@@ -128,6 +128,7 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return generate(tmp_path_factory.mktemp("syn"), seed=0, sites=("chexpert",), scale=0.05)["chexpert"]
 
 
+@pytest.mark.slow  # renders the fixed 234-image valid set (~2-4 s)
 def test_generated_valid_matches_the_real_counts(synthetic: Path) -> None:
     df = get_site("chexpert").load_index(synthetic)
     assert len(df) == 234
@@ -140,6 +141,7 @@ def test_generated_valid_matches_the_real_counts(synthetic: Path) -> None:
     assert df["width"].nunique() > 5  # variable aspect ratio
 
 
+@pytest.mark.slow
 def test_generated_train_has_uncertain_and_blank_values(synthetic: Path) -> None:
     raw = pd.read_csv(synthetic / "CheXpert-v1.0-small" / "train.csv")
     values = raw[list(CHEXPERT_LABELS[1:])].to_numpy()
