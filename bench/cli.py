@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -280,12 +281,6 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dbb(args: argparse.Namespace) -> int:
-    from bench import dbb_report
-
-    return dbb_report.main(args.rest)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -362,13 +357,18 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--print-only", action="store_true", help="only print the command")
     ui.set_defaults(fn=cmd_ui)
 
-    dbb = sub.add_parser("dbb", help="batching benchmark on a CSV of image sizes (bench dbb SIZES.csv --help)", add_help=False)
-    dbb.add_argument("rest", nargs=argparse.REMAINDER)
-    dbb.set_defaults(fn=_dbb)
+    # `bench dbb ...` is dispatched in main() to bench.dbb_report, which parses its own arguments
+    sub.add_parser("dbb", help="batching-strategy benchmark on a CSV of image sizes (bench dbb --help)", add_help=False)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["dbb"]:
+        # the batching benchmark has its own argument parser (and --help)
+        from bench import dbb_report
+
+        return dbb_report.main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -384,6 +384,12 @@ def main(argv: list[str] | None = None) -> int:
     from bench.store import StoreError
 
     fn: Callable[[argparse.Namespace], int] = args.fn
+
+    def _terminate(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    # `kill`/SLURM send SIGTERM: treat it like Ctrl-C so running jobs are cancelled and marked interrupted
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         return fn(args)
     except (MatrixError, DataError, StoreError, CLIError, LeakageError) as exc:

@@ -107,6 +107,30 @@ def execute_stage(stage_json: dict[str, Any], ctx: RunContext) -> dict[str, Any]
         raise
 
 
+def execute_chain(stage_jsons: list[dict[str, Any]], ctx: RunContext) -> list[dict[str, Any]]:
+    """Run a stage and its cheap dependants (its evaluations) in one job, in order.
+
+    Why: an evaluation is seconds of work but a fresh subprocess pays seconds of imports;
+    chaining keeps each stage its own store entry and MLflow run while sharing one process.
+    A failed stage blocks the later stages of the chain that depend on it.
+    """
+    out: list[dict[str, Any]] = []
+    failed: set[str] = set()
+    for sj in stage_jsons:
+        if any(u in failed for u in sj["upstream"]):
+            failed.add(sj["key"])
+            out.append({"key": sj["key"], "state": "blocked"})
+            continue
+        try:
+            out.append(execute_stage(sj, ctx))
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:
+            failed.add(sj["key"])
+            out.append({"key": sj["key"], "state": "failed", "error": f"{type(exc).__name__}: {exc}"})
+    return out
+
+
 class Executor:
     name = "base"
 
@@ -166,7 +190,7 @@ class LocalExecutor(Executor):
     def run(self, stages: list[Stage], ctx: RunContext) -> RunSummary:
         import submitit
 
-        executor = submitit.LocalExecutor(folder=str(self.folder / "%j"))
+        executor = submitit.LocalExecutor(folder=str(self.folder))
         executor.update_parameters(timeout_min=self.timeout_min)
         summary = RunSummary()
         store = Store(ctx.store_root)
@@ -174,31 +198,50 @@ class LocalExecutor(Executor):
         done = {s.key for s in stages if store.is_done(s.key)}
         done |= {u for s in stages for u in s.upstream if u not in all_keys and store.is_done(u)}
         summary.skipped = [s.key for s in stages if s.key in done]
-        pending = [s for s in stages if s.key not in done]
-        running: dict[str, Any] = {}
+        # critical path first: a pre-training blocks many fine-tunes, so start those before anything else
+        rank = {"pretrain": 0, "finetune": 1, "evaluate": 2}
+        pending = sorted((s for s in stages if s.key not in done), key=lambda s: rank.get(s.kind, 3))
+        running: dict[str, tuple[Any, list[Stage]]] = {}
         bad: set[str] = set()
+        total, finished = len(pending), 0
+        started: dict[str, float] = {}
         try:
             while pending or running:
-                for key, job in list(running.items()):
+                for key, (job, chain) in list(running.items()):
                     if not job.done():
                         continue
                     del running[key]
                     try:
-                        job.result()
-                        summary.ran.append(key)
-                        done.add(key)
-                    except Exception as exc:  # submitit wraps the remote traceback
-                        summary.failed[key] = _short_error(exc)
-                        bad.add(key)
+                        results = job.result()
+                    except Exception as exc:  # the job itself died (submitit wraps the remote traceback)
+                        results = [{"key": c.key, "state": "failed", "error": _short_error(exc)} for c in chain]
+                    for c, r in zip(chain, results):
+                        finished += 1
+                        if r["state"] == "done":
+                            summary.ran.append(c.key)
+                            done.add(c.key)
+                            log.info("[%d/%d] done %s (%s) after %.0fs", finished, total, c.label, c.key, time.time() - started[key])
+                        elif r["state"] == "blocked":
+                            summary.blocked.append(c.key)
+                            bad.add(c.key)
+                        else:
+                            summary.failed[c.key] = r.get("error", "failed")
+                            bad.add(c.key)
+                            log.error("[%d/%d] FAILED %s (%s): %s", finished, total, c.label, c.key, summary.failed[c.key])
                 for s in list(pending):
+                    if s not in pending:
+                        continue  # taken into an earlier chain in this pass
                     if any(u in bad for u in s.upstream):
                         pending.remove(s)
                         summary.blocked.append(s.key)
                         bad.add(s.key)
                     elif len(running) < self.max_parallel and _ready(s, done):
-                        pending.remove(s)
-                        log.info("submit %s %s", s.key, s.label)
-                        running[s.key] = executor.submit(execute_stage, s.to_json(), ctx)
+                        chain = [s] + [c for c in pending if c.kind == "evaluate" and c.upstream == [s.key]]
+                        for c in chain:
+                            pending.remove(c)
+                        log.info("submit %s (%s)%s", s.label, s.key, f" + {len(chain) - 1} evaluations" if len(chain) > 1 else "")
+                        started[s.key] = time.time()
+                        running[s.key] = (executor.submit(execute_chain, [c.to_json() for c in chain], ctx), chain)
                 if running:
                     time.sleep(self.poll_s)
                 elif pending and not any(_ready(s, done) for s in pending):
@@ -207,9 +250,11 @@ class LocalExecutor(Executor):
                     break
         except KeyboardInterrupt:
             summary.interrupted = True
-            for key, job in running.items():
+            for key, (job, chain) in running.items():
                 job.cancel(check=False)
-                store.mark_failed(key, "interrupted by the user", state="interrupted")
+                for c in chain:
+                    if not store.is_done(c.key) and store.status(c.key).get("state") == "running":
+                        store.mark_failed(c.key, "interrupted by the user", state="interrupted")
         return summary
 
 

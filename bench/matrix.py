@@ -243,12 +243,23 @@ class DataCfg(_Strict):
     synthetic: dict[str, Any] | None = None
 
 
+def _report_option_names() -> list[str]:
+    """Keyword options of `reports.build_reports` a matrix may set (its `reports:` section)."""
+    import inspect
+
+    from reports import build_reports
+
+    skip = {"manifest", "out_dir", "title", "token_frame"}
+    return [p for p in inspect.signature(build_reports).parameters if p not in skip]
+
+
 class Matrix(_Strict):
     name: str
     description: str = ""
     path: Path
     data: DataCfg
     experiments: list[Experiment]
+    reports: dict[str, Any] = Field(default_factory=dict)
 
     @property
     def reports_dir_name(self) -> str:
@@ -400,7 +411,7 @@ def load_matrix(path: str | Path) -> Matrix:
         raise MatrixError(f"{file}: not valid YAML: {exc}") from None
     if not isinstance(doc, dict):
         raise MatrixError(f"{file}: top level must be a mapping with keys name, defaults, experiments and/or grid")
-    allowed_top = {"name", "description", "data", "defaults", "experiments", "grid"}
+    allowed_top = {"name", "description", "data", "defaults", "experiments", "grid", "reports"}
     unknown = set(doc) - allowed_top
     if unknown:
         raise MatrixError(f"{file}: unknown top-level keys {sorted(unknown)}; allowed: {', '.join(sorted(allowed_top))}")
@@ -430,7 +441,19 @@ def load_matrix(path: str | Path) -> Matrix:
         data = DataCfg.model_validate(doc.get("data") or {})
     except ValidationError as exc:
         raise MatrixError(_format_error(file, "data", exc)) from None
+    reports = doc.get("reports") or {}
+    if not isinstance(reports, dict):
+        raise MatrixError(f"{file}: reports: must be a mapping of report options")
+    allowed_reports = _report_option_names()
+    for k in reports:
+        if k not in allowed_reports:
+            raise MatrixError(f"{file}: reports.{k}: unknown report option; allowed: {', '.join(allowed_reports)}")
+    columns = {t.column for e in exps for t in e.evaluate}
+    rc = reports.get("reliability_column")
+    if rc is not None and rc not in columns:
+        raise MatrixError(f"{file}: reports.reliability_column: {rc!r} is not one of the evaluate columns {', '.join(sorted(columns))}")
     return Matrix(
+        reports=reports,
         name=str(doc.get("name") or file.stem),
         description=str(doc.get("description") or ""),
         path=file,

@@ -110,7 +110,7 @@ def write_reports(plan: Plan, store: Store, out_dir: Path, tracker: Tracker | No
         log.warning("no finished evaluations yet: no reports written")
         return []
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = build_reports(manifest, out_dir, title=plan.matrix.description or plan.matrix.name)
+    files = build_reports(manifest, out_dir, title=plan.matrix.description or plan.matrix.name, **plan.matrix.reports)
     missing = len(plan.cells) - len(manifest)
     if missing:
         log.warning("reports cover %d of %d result cells (%d not finished)", len(manifest), len(plan.cells), missing)

@@ -76,6 +76,9 @@ def build_reports(
     from the best" marks.
     """
     m = check_manifest(manifest)
+    bad = [t for t in thresholds if not 0.0 < float(t) < 1.0]
+    if bad:
+        raise ValueError(f"decision thresholds must lie strictly between 0 and 1, got {bad}")
     if reliability_column is not None and reliability_column not in set(m["column"]):
         raise DataError(
             f"reliability_column {reliability_column!r} is not a report column; columns: {ordered(m['column'])}"

@@ -54,10 +54,10 @@ def random_resized_crop(
 def color_jitter(
     images: Tensor, brightness: float = 0.4, contrast: float = 0.4, p: float = 0.8
 ) -> Tensor:
-    """With probability `p` per sample: scale brightness by U(1-b, 1+b) and blend with
-    the image mean by U(1-c, 1+c) (torchvision's contrast), in random order of the two
-    as torchvision does only loosely (brightness first here). Values are clamped to
-    the input's [min, max] range per batch so [0, 1] inputs stay in [0, 1]."""
+    """With probability `p` per sample: scale brightness by U(1-b, 1+b), then scale the
+    deviation from the image mean by U(1-c, 1+c) (torchvision's contrast; torchvision
+    also shuffles the order of the two, here brightness always comes first). Values are
+    clamped to the batch's input [min, max] so [0, 1] inputs stay in [0, 1]."""
     b = images.shape[0]
     dev = images.device
     lo, hi = images.min(), images.max()

@@ -98,8 +98,10 @@ class DINO(SSLMethod):
         super().__init__(backbone=backbone, img_size=img_size, in_chans=in_chans, init=init)
         c = self.cfg = parse_config(DINOConfig, cfg, self.name)
         self.family = backbones.get_spec(backbone).family
+        # stochastic depth on the ViT student only (the reference ResNet-50 has none)
+        drop_path = c.drop_path_rate if self.family == "vit" else 0.0
         self.encoder = backbones.create(
-            backbone, init=init, in_chans=in_chans, num_classes=0, img_size=img_size, drop_path_rate=c.drop_path_rate
+            backbone, init=init, in_chans=in_chans, num_classes=0, img_size=img_size, drop_path_rate=drop_path
         )
         self.teacher = backbones.create(backbone, in_chans=in_chans, num_classes=0, img_size=img_size)
         self.teacher.load_state_dict(self.encoder.state_dict())

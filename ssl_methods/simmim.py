@@ -39,7 +39,7 @@ from ssl_methods.registry import register_method
 class SimMIMConfig:
     mask_ratio: float = 0.6
     mask_patch_size: int = 32  # pixels per side of a mask cell
-    drop_path_rate: float = 0.0
+    drop_path_rate: float = 0.1  # the ViT-B and Swin-B pre-training configs
     augment: bool = True
     crop_scale: tuple[float, float] = (0.67, 1.0)
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)

@@ -12,8 +12,9 @@ label still unassigned is served first, each of its patients going to the split
 that most lacks positives of that label (ties: the split most short of images,
 then a seeded coin). Patients without any positive fill the splits by remaining
 size. A split that would overflow its image budget is avoided while another still
-has room, which makes small targets (a 652-image subset) come out exact whenever
-the patient sizes allow it. NaN labels count as not positive.
+has room; few-label subsets then move single patients in or out to hit the exact
+image count (652 labels means 652 images) whenever the patient sizes allow it.
+NaN labels count as not positive.
 """
 
 from __future__ import annotations

@@ -5,7 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 
+
+@pytest.mark.slow
 def test_reports_never_imports_torch_plan_or_store() -> None:
     code = (
         "import sys, reports, reports.metrics as m; m.list_metrics(); "

@@ -30,7 +30,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from bench.data.sites import DataError
 
@@ -43,7 +43,8 @@ KNOWN_SITES: tuple[str, ...] = (
 )  # fmt: skip
 
 
-def _writer(site: str):  # -> Callable[..., dict[str, int]]
+def _writer(site: str) -> Callable[..., dict[str, int]]:
+    """The `write` function of module `bench.data.synthetic.<site>`."""
     try:
         module = importlib.import_module(f"{__name__}.{site}")
     except ModuleNotFoundError as exc:

@@ -28,8 +28,13 @@ Each finding draws from its own child generator, spawned for every name in
 a finding therefore yields the same patient, noise and other findings, and differs
 only where that finding acts; the tests rely on this.
 
-`SiteStyle` holds what differs between sites (intensity curve, noise, blur, sizes,
-label prevalences, images per patient, view mix); the writers in this package use it.
+`SiteStyle` holds what differs between sites (intensity curve, noise, blur, framing,
+sizes, label prevalences, images per patient, view mix); the writers in this package
+use it.
+
+Stable API (other writers build on it): `render`, `render_scene`, `sample_anatomy`,
+`jitter_anatomy`, `SiteStyle` (new fields only ever get defaults), `apply_style`,
+`smooth_noise`, `RENDERABLE`, `VIEWS`.
 """
 
 from __future__ import annotations
@@ -107,7 +112,7 @@ def sample_anatomy(rng: np.random.Generator) -> Anatomy:
         mediast_hw=rng.uniform(0.065, 0.085),
         heart_cy=rng.uniform(0.56, 0.60),
         heart_h=rng.uniform(0.11, 0.14),
-        ctr=rng.uniform(0.38, 0.46),
+        ctr=rng.uniform(0.38, 0.49),
         rib_y0=rng.uniform(0.12, 0.16),
         rib_step=rng.uniform(0.055, 0.065),
         tilt=rng.normal(0.0, 0.01),
@@ -153,15 +158,18 @@ class Canvas:
     lung that actually contains air and vessels.
     """
 
-    def __init__(self, anat: Anatomy, height: int, width: int, view: str, rng: np.random.Generator) -> None:
+    def __init__(
+        self, anat: Anatomy, height: int, width: int, view: str, rng: np.random.Generator, zoom: float = 1.0
+    ) -> None:
         self.anat = anat
         self.height, self.width = height, width
         self.view = view
-        rows = ((np.arange(height) + 0.5) / height).astype(np.float32)
-        cols = ((np.arange(width) + 0.5 - width / 2.0) / height).astype(np.float32)
+        # zoom > 1 magnifies about the image centre (a tighter field of view).
+        rows = (0.5 + ((np.arange(height) + 0.5) / height - 0.5) / zoom).astype(np.float32)
+        cols = ((np.arange(width) + 0.5 - width / 2.0) / (height * zoom)).astype(np.float32)
         # float32 halves the memory traffic of the ~100 whole-image operations per render.
         self.y, self.x = np.meshgrid(rows, cols, indexing="ij")
-        self.px = 1.0 / height  # one pixel in height units
+        self.px = 1.0 / (height * zoom)  # one pixel in height units
         self.half_frame = width / (2.0 * height)
         self.thorax_hw = anat.thorax_frac * min(0.5, self.half_frame)
         self.density = np.zeros((height, width), dtype=np.float32)
@@ -333,8 +341,8 @@ def _side(rng: np.random.Generator) -> str:
 
 @_reshape("Cardiomegaly")
 def cardiomegaly(anat: Anatomy, rng: np.random.Generator) -> None:
-    """Enlarged heart: cardiothoracic ratio 0.55-0.68 (normal < 0.5), taller too."""
-    anat.ctr = rng.uniform(0.55, 0.68)
+    """Enlarged heart: cardiothoracic ratio 0.52-0.66 (normal 0.38-0.49), taller too."""
+    anat.ctr = rng.uniform(0.52, 0.66)
     anat.heart_h *= rng.uniform(1.05, 1.15)
 
 
@@ -589,6 +597,8 @@ class SiteStyle:
     (a one-factor Gaussian copula with loading sqrt(`correlation`) couples findings
     while keeping each marginal); `images_per_patient` is (min, max) inclusive;
     `ap_fraction` is the probability of an AP (vs PA) frontal view.
+    Framing: `zoom` magnifies the frontal anatomy about the image centre (1.1 = a 10 %
+    tighter field of view), a geometric difference between sites.
     """
 
     name: str
@@ -604,6 +614,7 @@ class SiteStyle:
     correlation: float = 0.25
     images_per_patient: tuple[int, int] = (1, 4)
     ap_fraction: float = 0.4
+    zoom: float = 1.0
 
     def image_size(self, rng: np.random.Generator) -> tuple[int, int]:
         """Draw one image's (height, width) in pixels."""
@@ -670,7 +681,7 @@ def render_scene(
     for n in positive:
         if n in RESHAPES:
             RESHAPES[n](anat, finding_rngs[n])
-    canvas = Canvas(anat, height, width, view, base_rng)
+    canvas = Canvas(anat, height, width, view, base_rng, zoom=style.zoom)
     for n in positive:
         if n in PAINTS:  # some findings are pure geometry (cardiomegaly)
             PAINTS[n](canvas, finding_rngs[n])
@@ -726,7 +737,7 @@ def _lateral_density(
     d = np.maximum(d, (_SOFT + 0.2 + 0.1 * vert) * spine)
     scale = 1.0 + 1.2 * max(anat.ctr - 0.42, 0.0)
     if "Cardiomegaly" in positive:
-        scale = 1.0 + 1.2 * (finding_rngs["Cardiomegaly"].uniform(0.55, 0.68) - 0.42)
+        scale = 1.0 + 1.2 * (finding_rngs["Cardiomegaly"].uniform(0.52, 0.66) - 0.42)
     heart = _soft(1 - (((x + 0.12) / (0.15 * scale)) ** 2 + ((y - 0.58) / (0.13 * scale)) ** 2), 0.08)
     d = d * (1 - heart) + heart * np.maximum(d, _HEART)
     if "Pleural Effusion" in positive:

@@ -62,6 +62,7 @@ STYLE = SiteStyle(
     correlation=0.3,
     images_per_patient=(1, 4),
     ap_fraction=0.85,  # CheXpert frontal: AP 161,590 / PA 29,420
+    zoom=1.08,  # tighter field of view than NIH (portable AP films)
 )
 TRAIN_STYLE = replace(STYLE, prevalence=TRAIN_PREVALENCE)
 

@@ -7,6 +7,8 @@ fixed parameters so the same array always gives the same bytes.
 
 from __future__ import annotations
 
+import gzip
+import io
 import zlib
 from pathlib import Path
 
@@ -54,9 +56,6 @@ def child_seed(rng: np.random.Generator) -> int:
 
 def write_gzip_text(text: str, path: Path) -> None:
     """Gzip `text` deterministically (no file name, mtime 0 in the header)."""
-    import gzip
-    import io
-
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0) as gz:

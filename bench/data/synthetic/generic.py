@@ -41,6 +41,7 @@ STYLE = SiteStyle(
     correlation=0.3,
     images_per_patient=(1, 3),
     ap_fraction=0.3,
+    zoom=1.04,
 )
 
 

@@ -44,6 +44,7 @@ STYLE = SiteStyle(
     correlation=0.3,
     images_per_patient=(1, 8),
     ap_fraction=0.6,  # MIMIC: AP 147,169 / PA 96,155
+    zoom=0.94,  # wider field of view
 )
 META_ORDER = (
     "dicom_id", "subject_id", "study_id", "PerformedProcedureStepDescription", "ViewPosition", "Rows", "Columns",

@@ -261,3 +261,19 @@ def test_harmonised_findings_are_learnable_from_small_thumbnails(name: str) -> N
     model = LogisticRegression(C=0.1, max_iter=2000).fit(x[:80], y[:80])
     auc = roc_auc_score(y[80:], model.predict_proba(x[80:])[:, 1])
     assert auc > 0.75
+
+
+def test_zoom_magnifies_the_thorax() -> None:
+    """Both lung fields together get wider on the image when the field of view tightens."""
+    wide = render({}, np.random.default_rng(2), CLEAN, H, W)
+    tight = render({}, np.random.default_rng(2), SiteStyle("z", noise=0.0, blur=0.0, zoom=1.15), H, W)
+
+    def lung_span(img: np.ndarray) -> int:
+        line = img[row(0.45)]
+        bright = np.flatnonzero(line > 0.3)  # chest walls (and mediastinum)
+        dark = np.flatnonzero(line < 0.3)
+        inside = dark[(dark > bright[0]) & (dark < bright[-1])]  # lung, not the air outside
+        return int(inside[-1] - inside[0] + 1)
+
+    ratio = lung_span(tight) / lung_span(wide)
+    assert 1.08 < ratio < 1.22
