@@ -84,8 +84,10 @@ register_backbone(
 )
 
 # `imagenet1k` means the weights the Krones paper calls "ImageNet1k": timm's default
-# supervised tag for ViT (in21k pre-trained, in1k fine-tuned) and torchvision's
-# ResNet-50 (the paper takes ResNet weights from torchvision, timm tag `tv_in1k`).
+# supervised tag for ViT and Swin (in21k/in22k pre-trained, in1k fine-tuned) and
+# torchvision's ResNet-50 (the paper takes ResNet weights from torchvision, timm tag
+# `tv_in1k`). For weights trained on in1k only, override the tag in a spec of your own
+# (timm has `vit_small_patch16_224.augreg_in1k`, `swin_base_patch4_window7_224.ms_in1k`).
 register_backbone(
     BackboneSpec(
         name="vit_small",

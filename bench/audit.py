@@ -17,7 +17,8 @@ import pandas as pd
 
 from bench.plan import Plan, resolve_site_root
 from bench.train.data import load_index, seeded_subset
-from bench.train.finetune import few_label_subset
+from bench.data.labels import resolve_classes
+from bench.train.finetune import finetune_sets
 
 
 class LeakageError(Exception):
@@ -52,11 +53,12 @@ def audit_plan(plan: Plan) -> pd.DataFrame:
         if e.pretrain.method != "none" and e.pretrain.dataset:
             idx = _load(cache, m, e.pretrain.dataset, e.pretrain.site_options, tuple(e.pretrain.splits))
             sets["pretrain"] = (e.pretrain.dataset, seeded_subset(idx, e.pretrain.subset, 0))
-        ft_train = _load(cache, m, e.finetune.dataset, e.finetune.site_options, ("train",))
-        ft_val = _load(cache, m, e.finetune.dataset, e.finetune.site_options, ("val",))
         # few-label subsets differ per seed; their union is what any seed may have seen
-        subs = [few_label_subset(ft_train, e.finetune.label_subset, s) for s in e.finetune.seeds]
-        sets["finetune"] = (e.finetune.dataset, pd.concat([*subs, ft_val]).drop_duplicates("image_id"))
+        f = e.finetune.model_dump()
+        classes = list(resolve_classes(e.finetune.classes, e.finetune.dataset))
+        root = resolve_site_root(m, e.finetune.dataset)
+        parts = [pd.concat(finetune_sets(e.finetune.dataset, root, f, classes, s)) for s in e.finetune.seeds]
+        sets["finetune"] = (e.finetune.dataset, pd.concat(parts).drop_duplicates("image_id"))
         for t in e.evaluate:
             ev = _load(cache, m, t.site, t.site_options, (t.split,))
             for role in ("pretrain", "finetune"):

@@ -23,7 +23,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from bench.data.labels import LABEL_SETS
+from bench.data.labels import LABEL_SETS, SITE_CLASSES
 
 
 class MatrixError(Exception):
@@ -140,7 +140,8 @@ class PretrainCfg(_Strict):
 class FinetuneCfg(_Strict):
     dataset: str = "nih"
     site_options: dict[str, Any] = Field(default_factory=dict)
-    classes: str = "nih14"
+    classes: str = "nih14"  # a label set, or `site` for the site's own labels
+    task: Literal["multilabel", "multiclass"] = "multilabel"  # sigmoid + BCE, or softmax + cross-entropy
     seeds: list[int] = Field(default_factory=lambda: [0])
     mode: Literal["finetune", "linear_probe"] = "finetune"
     epochs: int = 30
@@ -151,6 +152,7 @@ class FinetuneCfg(_Strict):
     weight_decay: float = 0.05
     warmup_epochs: float = 0.0
     label_subset: float | int | None = None  # few-label regime: fraction (<1) or count, drawn by patient
+    val_fraction: float = 0.1  # carved from train by patient when the site has no val split
     augment: bool = True
     patience: int | None = None  # early stop on val AUC
 
@@ -162,7 +164,7 @@ class FinetuneCfg(_Strict):
     @field_validator("classes")
     @classmethod
     def _classes(cls, v: str) -> str:
-        return _one_of(v, list(LABEL_SETS))
+        return _one_of(v, [*LABEL_SETS, SITE_CLASSES])
 
     @field_validator("seeds")
     @classmethod
@@ -192,7 +194,7 @@ class EvalTarget(_Strict):
     @field_validator("classes")
     @classmethod
     def _classes(cls, v: str) -> str:
-        return _one_of(v, list(LABEL_SETS))
+        return _one_of(v, [*LABEL_SETS, SITE_CLASSES])
 
 
 class Experiment(_Strict):

@@ -106,6 +106,16 @@ def resolve_site_root(matrix: Matrix, site: str) -> str:
     return str(Path(root).expanduser().resolve())
 
 
+def _non_default(cfg: Any) -> dict[str, Any]:
+    """The part of a config that differs from its schema defaults: a stage's identity.
+
+    Keying on this (rather than on every field) keeps keys, and so finished results,
+    valid when a later version adds an option with a default. A changed default is a
+    change of meaning and bumps `KEY_VERSION` instead.
+    """
+    return cfg.model_dump(mode="json", exclude_defaults=True)
+
+
 def _model_config(e: Experiment) -> dict[str, Any]:
     return {"backbone": e.backbone, "init": e.init, "image_size": e.image_size, "in_chans": e.in_chans}
 
@@ -120,8 +130,8 @@ def build_plan(matrix: Matrix) -> Plan:
     cells: list[ReportCell] = []
     data_id = _data_identity(matrix)
 
-    def add(kind: str, config: dict[str, Any], upstream: list[str], sites: list[str], label: str) -> str:
-        key = stage_key(kind, config, upstream)
+    def add(kind: str, config: dict[str, Any], upstream: list[str], sites: list[str], label: str, identity: dict[str, Any]) -> str:
+        key = stage_key(kind, identity, upstream)
         if key not in stages:
             stages[key] = Stage(
                 key=key,
@@ -145,9 +155,12 @@ def build_plan(matrix: Matrix) -> Plan:
                 [],
                 [e.pretrain.dataset],
                 f"{e.pretrain.method} on {e.pretrain.dataset} ({e.backbone}, init {e.init})",
+                {**model, "pretrain": _non_default(e.pretrain), "data": data_id},
             )
         fcfg = e.finetune.model_dump(mode="json")
         seeds = fcfg.pop("seeds")
+        f_id = _non_default(e.finetune)
+        f_id.pop("seeds", None)
         for seed in seeds:
             ft_key = add(
                 "finetune",
@@ -155,6 +168,7 @@ def build_plan(matrix: Matrix) -> Plan:
                 [pre_key] if pre_key else [],
                 [e.finetune.dataset],
                 f"{e.id} seed {seed}",
+                {**model, "finetune": f_id, "seed": seed, "data": data_id},
             )
             for t in e.evaluate:
                 ev_cfg = {
@@ -165,7 +179,7 @@ def build_plan(matrix: Matrix) -> Plan:
                     "in_chans": e.in_chans,
                     "data": data_id,
                 }
-                ev_key = add("evaluate", ev_cfg, [ft_key], [t.site], f"{e.id} seed {seed} on {t.site}/{t.split}")
+                ev_key = add("evaluate", ev_cfg, [ft_key], [t.site], f"{e.id} seed {seed} on {t.site}/{t.split}", ev_cfg)
                 cells.append(ReportCell(e.id, seed, t, ft_key, ev_key, pre_key))
     return Plan(matrix=matrix, stages=stages, cells=cells)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from bench.data.labels import label_set
+from bench.data.labels import resolve_classes
 from bench.execute import RunContext, RunSummary, make_executor
 from bench.matrix import Matrix
 from bench.plan import Plan, build_plan
@@ -84,7 +84,9 @@ def build_manifest(plan: Plan, store: Store) -> pd.DataFrame:
                 "column": c.target.column,
                 "site": c.target.site,
                 "split": c.target.split,
-                "classes": list(label_set(c.target.classes)),
+                "classes": list(resolve_classes(c.target.classes, c.target.site)),
+                "task": e.finetune.task,
+                "n_train": store.status(c.finetune_key).get("summary", {}).get("train_images"),
                 "predictions": str(store.path(c.evaluate_key, "predictions.parquet")),
                 "stage_key": c.evaluate_key,
                 "run_id": st.get("mlflow_run_id") or "",

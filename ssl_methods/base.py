@@ -58,6 +58,9 @@ class SSLMethod(nn.Module):
 
     name: ClassVar[str]
     supported_families: ClassVar[tuple[str, ...]] = ("vit",)
+    # True when `forward(images, valid=...)` accepts a (B, L) bool mask of real tokens of a
+    # padded variable-size batch (Dynamic Batch Binning); only MAE so far
+    supports_valid_mask: ClassVar[bool] = False
 
     def __init__(self, *, backbone: str, img_size: int, in_chans: int, init: str | Path) -> None:
         super().__init__()

@@ -16,11 +16,13 @@ the teacher is the EMA of the student with m cosine from 0.996 to 1, and the las
 layer stays frozen for the first `freeze_last_layer_frac` of training.
 `encoder_state_dict()` exports the teacher backbone (the paper evaluates it).
 
+Local crops get positions by DINO's own interpolation (bicubic, scale_factor with the
++0.1, no antialias; `pos_interp: dino`); `pos_interp: timm` uses timm's
+`resample_abs_pos_embed` instead (antialias, size-based), as timm's dynamic_img_size.
+
 Deviations: schedules run on the loop's progress in [0, 1] instead of epochs and
-iterations; local crops use timm's position resampling (`resample_abs_pos_embed`,
-bicubic with antialias, size-based) instead of DINO's scale_factor + 0.1 formula;
-photometric augmentation is brightness/contrast only (grey images); for encoders
-narrower than 384-d (the CPU demo) the head defaults shrink (hidden 512,
+iterations; photometric augmentation is brightness/contrast only (grey images); for
+encoders narrower than 384-d (the CPU demo) the head defaults shrink (hidden 512,
 bottleneck 128, out_dim 4096). Multi-GPU centering (all_reduce) is not needed on one
 device.
 """
@@ -62,8 +64,12 @@ class DINOConfig:
     local_scale: tuple[float, float] = (0.05, 0.4)
     drop_path_rate: float = 0.1
     augment: bool = True
+    # position interpolation for local crops: "dino" (reference formula) or "timm"
+    pos_interp: str = "dino"
 
     def __post_init__(self) -> None:
+        if self.pos_interp not in ("dino", "timm"):
+            raise ConfigError(f"dino: pos_interp must be 'dino' or 'timm', got {self.pos_interp!r}")
         if self.n_local < 0:
             raise ConfigError(f"dino: n_local must be >= 0, got {self.n_local}")
 
@@ -177,7 +183,7 @@ class DINO(SSLMethod):
                 j += 1
             batch = torch.cat(crops[i:j], dim=0)
             if self.family == "vit":
-                tokens, _, _ = vit_tokens(net, batch)
+                tokens, _, _ = vit_tokens(net, batch, pos_interp=self.cfg.pos_interp)
                 out.append(net.norm(tokens)[:, 0])
             else:
                 out.append(net(batch))

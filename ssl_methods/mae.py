@@ -148,6 +148,7 @@ def _key_mask(keep: Tensor) -> Tensor:
 class MAE(SSLMethod):
     name = "mae"
     supported_families = ("vit",)
+    supports_valid_mask = True
 
     def __init__(
         self, *, backbone: str, img_size: int, in_chans: int = 1, init: str | Path = "random", **cfg: Any

@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from timm.layers import resample_abs_pos_embed
 from torch import Tensor
 
@@ -59,13 +60,16 @@ def sincos_2d(dim: int, grid: tuple[int, int], cls_token: bool = True) -> Tensor
     return torch.from_numpy(table).float().unsqueeze(0)
 
 
-def grid_pos_embed(table: Tensor, grid: tuple[int, int], prefix: int = 1) -> Tensor:
+def grid_pos_embed(table: Tensor, grid: tuple[int, int], prefix: int = 1, mode: str = "timm") -> Tensor:
     """A (1, prefix + n, D) table for a (gh, gw) token grid.
 
-    The stored table is for a square grid of n tokens; another grid is resampled
-    with timm's `resample_abs_pos_embed` (bicubic, antialias), the same function
-    a timm ViT with `dynamic_img_size=True` uses at fine-tuning, so pre-training and
-    fine-tuning see the same positions.
+    The stored table is for a square grid of n tokens. `mode="timm"` resamples with
+    timm's `resample_abs_pos_embed` (bicubic, antialias, size-based), the function a
+    timm ViT with `dynamic_img_size=True` uses at fine-tuning, so pre-training and
+    fine-tuning see the same positions. `mode="dino"` is DINO/GMML/SiT's
+    `interpolate_pos_encoding`: bicubic without antialias, driven by
+    scale_factor = ((gh + 0.1) / side, (gw + 0.1) / side) (the +0.1 avoids rounding the
+    output size down).
     """
     n = table.shape[1] - prefix
     side = math.isqrt(n)
@@ -73,4 +77,15 @@ def grid_pos_embed(table: Tensor, grid: tuple[int, int], prefix: int = 1) -> Ten
         raise ValueError(f"pos_embed holds {n} grid tokens, not a square grid")
     if (side, side) == tuple(grid):
         return table
-    return resample_abs_pos_embed(table, new_size=list(grid), old_size=[side, side], num_prefix_tokens=prefix)
+    if mode == "timm":
+        return resample_abs_pos_embed(table, new_size=list(grid), old_size=[side, side], num_prefix_tokens=prefix)
+    if mode != "dino":
+        raise ValueError(f"pos-embed interpolation mode must be 'timm' or 'dino', got {mode!r}")
+    dim = table.shape[-1]
+    patch_pos = table[:, prefix:].reshape(1, side, side, dim).permute(0, 3, 1, 2).float()
+    scale = ((grid[0] + 0.1) / side, (grid[1] + 0.1) / side)
+    patch_pos = F.interpolate(patch_pos, scale_factor=scale, mode="bicubic", align_corners=False)
+    if tuple(patch_pos.shape[-2:]) != tuple(grid):
+        raise ValueError(f"dino pos-embed interpolation gave {tuple(patch_pos.shape[-2:])}, expected {grid}")
+    patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], dim).to(table.dtype)
+    return torch.cat([table[:, :prefix], patch_pos], dim=1)

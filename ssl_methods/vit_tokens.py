@@ -18,10 +18,11 @@ from ssl_methods.patches import grid_pos_embed
 
 
 def vit_tokens(
-    enc: nn.Module, images: Tensor, collect: Sequence[int] = ()
+    enc: nn.Module, images: Tensor, collect: Sequence[int] = (), pos_interp: str = "timm"
 ) -> tuple[Tensor, list[Tensor], tuple[int, int]]:
     """Returns (tokens after the last block, un-normed (B, 1 + L, D); outputs of the
-    1-indexed blocks in `collect`, in block order; the (gh, gw) grid)."""
+    1-indexed blocks in `collect`, in block order; the (gh, gw) grid). `pos_interp` is
+    the `grid_pos_embed` mode for grids other than the stored one."""
     patch = enc.patch_embed.patch_size
     if images.shape[-2] % patch[0] or images.shape[-1] % patch[1]:
         raise ValueError(
@@ -30,7 +31,7 @@ def vit_tokens(
     x = enc.patch_embed.proj(images)
     b, _, gh, gw = x.shape
     x = enc.patch_embed.norm(x.flatten(2).transpose(1, 2))
-    pos = grid_pos_embed(enc.pos_embed, (gh, gw))
+    pos = grid_pos_embed(enc.pos_embed, (gh, gw), mode=pos_interp)
     x = torch.cat([enc.cls_token.expand(b, -1, -1), x], dim=1) + pos
     x = enc.norm_pre(enc.patch_drop(enc.pos_drop(x)))
     wanted = set(collect)

@@ -43,3 +43,18 @@ def label_set(name: str) -> tuple[str, ...]:
         return LABEL_SETS[name]
     except KeyError:
         raise KeyError(f"unknown label set {name!r}; known: {', '.join(LABEL_SETS)}") from None
+
+
+SITE_CLASSES = "site"  # "the site's own label columns", e.g. IRMA body regions or OCT classes
+
+
+def resolve_classes(name: str, site: str) -> tuple[str, ...]:
+    """Class names of a label-set name, or of `site`'s own labels when `name` is `site`."""
+    if name == SITE_CLASSES:
+        from bench.data.sites import get_site
+
+        labels = tuple(get_site(site).labels)
+        if not labels:
+            raise KeyError(f"site {site!r} declares no labels; name a label set ({', '.join(LABEL_SETS)})")
+        return labels
+    return label_set(name)

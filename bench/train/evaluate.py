@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 
 from bench.train.data import ImageBatches, load_index, source_kwargs
-from bench.train.finetune import predict
+from bench.train.finetune import predict, selection_score
 
 if TYPE_CHECKING:
     from bench.execute import RunContext
@@ -46,7 +46,8 @@ def run_evaluate(stage: "Stage", store: "Store", logger: "StageLogger", ctx: "Ru
         policy=ctx.image_policy,
         **source_kwargs(site, cfg["site_options"], cfg["image_size"], ctx.cache_root),
     )
-    probs, rows = predict(model, batches)
+    multiclass = saved.get("task", "multilabel") == "multiclass"
+    probs, rows = predict(model, batches, multiclass)
     sub = index.iloc[rows].reset_index(drop=True)
     out = pd.DataFrame(
         {
@@ -62,11 +63,13 @@ def run_evaluate(stage: "Stage", store: "Store", logger: "StageLogger", ctx: "Ru
         out[f"prob:{c}"] = probs[:, j]
     with store.write_output(stage.key, "predictions.parquet") as tmp:
         out.to_parquet(tmp, index=False)
-    aucs = auc_per_class(truth, probs)
-    summary = {"images": int(len(out)), "bad_images": len(batches.bad)}
-    for c, a in zip(classes, aucs):
-        if a == a:  # not NaN
-            summary[f"auc.{c}"] = float(a)
+    summary: dict[str, Any] = {"images": int(len(out)), "bad_images": len(batches.bad)}
+    if multiclass:
+        summary["balanced_top1"] = selection_score(truth, probs, True)
+    else:
+        for c, a in zip(classes, auc_per_class(truth, probs)):
+            if a == a:  # not NaN
+                summary[f"auc.{c}"] = float(a)
     if len(batches.bad):
         logger.text(f"skipped {len(batches.bad)} unreadable images: {sorted(batches.bad.paths)}")
     logger.text(f"evaluated {len(out)} images of {site}/{cfg['split']}")

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from bench.data.labels import label_set
+from bench.data.labels import resolve_classes
 from bench.train.data import ImageBatches, load_index, source_kwargs
 from bench.train.loop import OptimCfg, default_param_groups, fit
 from bench.train.pretrain import masked_bce, resolve_init
@@ -25,47 +25,77 @@ if TYPE_CHECKING:
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, batches: ImageBatches) -> tuple[np.ndarray, np.ndarray]:
-    """Sigmoid probabilities (N, C) in index order, and the rows that decoded (for skipped images)."""
+def predict(model: torch.nn.Module, batches: ImageBatches, multiclass: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities (N, C) in index order (sigmoid, or softmax for multi-class), and the rows that decoded."""
     model.eval()
     probs, rows = [], []
     for _, kept, x, _ in batches.epoch_batches(0):
-        probs.append(torch.sigmoid(model(x)).float().numpy())
+        logits = model(x)
+        p = torch.softmax(logits, dim=1) if multiclass else torch.sigmoid(logits)
+        probs.append(p.float().numpy())
         rows.append(kept)
     if not probs:
         return np.zeros((0, 0), dtype=np.float32), np.zeros(0, dtype=np.int64)
     return np.concatenate(probs), np.concatenate(rows)
 
 
-def few_label_subset(index: Any, subset: float | int | None, seed: int) -> Any:
-    """Few-label regime: a fraction (< 1) or a count of training images, drawn by patient."""
-    if subset is None:
-        return index
-    patients = index["patient_id"].astype(str).unique()
-    rng = np.random.default_rng([seed, 7919])
-    rng.shuffle(patients)
-    target = int(round(subset * len(index))) if subset < 1 else int(subset)
-    counts = index.groupby(index["patient_id"].astype(str)).size()
-    chosen, total = [], 0
-    for pid in patients:
-        if total >= target:
-            break
-        chosen.append(pid)
-        total += int(counts[pid])
-    return index[index["patient_id"].astype(str).isin(chosen)].reset_index(drop=True)
+def cross_entropy_onehot(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy for one-hot targets; rows without a known class (all NaN) are ignored."""
+    known = ~torch.isnan(y).all(dim=1)
+    if not known.any():
+        return logits.sum() * 0.0
+    target = torch.nan_to_num(y[known], nan=0.0).argmax(dim=1)
+    return torch.nn.functional.cross_entropy(logits[known], target)
+
+
+def selection_score(y: np.ndarray, probs: np.ndarray, multiclass: bool) -> float:
+    """Validation score used to keep the best epoch: mean AUC, or balanced top-1 accuracy."""
+    from reports.metrics import mean_auc
+
+    if not multiclass:
+        return float(mean_auc(y, probs))
+    from sklearn.metrics import balanced_accuracy_score
+
+    known = ~np.isnan(y).all(axis=1)
+    if not known.any():
+        return float("nan")
+    return float(balanced_accuracy_score(np.nan_to_num(y[known]).argmax(1), probs[known].argmax(1)))
+
+
+def finetune_sets(site: str, root: str, f: dict[str, Any], classes: list[str], seed: int) -> tuple[Any, Any]:
+    """(train, val) images of a fine-tuning stage.
+
+    The site's own `val` split when it has one; otherwise (e.g. Kermany OCT) a seeded,
+    patient-level, label-stratified `val_fraction` of its train split, the same for every
+    seed so that seeds differ only in initialisation and order. The few-label regime
+    then draws whole patients from the train part.
+    """
+    from bench.data.splits import assign_splits, few_label_subset
+
+    index = load_index(site, root, f["site_options"], ["train", "val"])
+    if (index["split"] == "val").any():
+        train, val = index[index["split"] == "train"], index[index["split"] == "val"]
+    else:
+        strat = [c for c in classes if c in index.columns and index[c].notna().all()]
+        which = assign_splits(index, {"train": 1 - f["val_fraction"], "val": f["val_fraction"]}, seed=0, stratify=strat)
+        train, val = index[which == "train"], index[which == "val"]
+    train = train.reset_index(drop=True)
+    if f["label_subset"] is not None:
+        strat = [c for c in classes if c in train.columns and train[c].notna().all()]
+        train = few_label_subset(train, f["label_subset"], seed=seed, stratify=strat).reset_index(drop=True)
+    return train, val.reset_index(drop=True)
 
 
 def run_finetune(stage: "Stage", store: "Store", logger: "StageLogger", ctx: "RunContext") -> tuple[list[str], dict[str, Any]]:
     import backbones
-    from reports.metrics import mean_auc
 
     cfg = stage.config
     f = cfg["finetune"]
     seed = int(cfg["seed"])
     site = f["dataset"]
-    classes = list(label_set(f["classes"]))
-    train = few_label_subset(load_index(site, stage.paths[site], f["site_options"], ["train"]), f["label_subset"], seed)
-    val = load_index(site, stage.paths[site], f["site_options"], ["val"])
+    classes = list(resolve_classes(f["classes"], site))
+    multiclass = f["task"] == "multiclass"
+    train, val = finetune_sets(site, stage.paths[site], f, classes, seed)
     logger.text(f"fine-tuning on {site}: {len(train)} train / {len(val)} val images, {len(classes)} classes, seed {seed}")
 
     if stage.upstream:
@@ -97,14 +127,16 @@ def run_finetune(stage: "Stage", store: "Store", logger: "StageLogger", ctx: "Ru
     state: dict[str, Any] = {"best_auc": -1.0, "best_epoch": -1, "bad_epochs": 0}
 
     def epoch_end(epoch: int) -> dict[str, float]:
-        probs, rows = predict(model, val_b)
-        auc = float(mean_auc(val_b.targets[rows], probs))
+        probs, rows = predict(model, val_b, multiclass)
+        # model selection: mean AUC (multi-label) or balanced top-1 accuracy (multi-class)
+        auc = selection_score(val_b.targets[rows], probs, multiclass)
         if auc > state["best_auc"]:
             state.update(best_auc=auc, best_epoch=epoch, bad_epochs=0)
             torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, best_path)
         else:
             state["bad_epochs"] += 1
-        return {"val_mean_auc": auc, "best_val_mean_auc": state["best_auc"]}
+        name = "val_balanced_top1" if multiclass else "val_mean_auc"
+        return {name: auc, f"best_{name}": state["best_auc"]}
 
     def step_fn(x: torch.Tensor, y: torch.Tensor | None, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         from bench.train.data import augment_batch
@@ -112,7 +144,7 @@ def run_finetune(stage: "Stage", store: "Store", logger: "StageLogger", ctx: "Ru
         assert y is not None
         if f["augment"]:
             x = augment_batch(x, gen)
-        return masked_bce(model(x), y), {}
+        return (cross_entropy_onehot(model(x), y) if multiclass else masked_bce(model(x), y)), {}
 
     optim = OptimCfg(
         epochs=f["epochs"],
@@ -138,9 +170,10 @@ def run_finetune(stage: "Stage", store: "Store", logger: "StageLogger", ctx: "Ru
     )
     best = torch.load(best_path, map_location="cpu", weights_only=True)
     with store.write_output(stage.key, "model.pt") as tmp:
-        torch.save({"state_dict": best, "classes": classes, "backbone": cfg["backbone"]}, tmp)
+        torch.save({"state_dict": best, "classes": classes, "backbone": cfg["backbone"], "task": f["task"]}, tmp)
     best_path.unlink()
     bad = len(train_b.bad) + len(val_b.bad)
     if bad:
         logger.text(f"skipped {bad} unreadable images: {sorted({**train_b.bad.paths, **val_b.bad.paths})}")
-    return ["model.pt"], {"best_val_mean_auc": state["best_auc"], "best_epoch": state["best_epoch"], "bad_images": bad}
+    summary = {"best_val_score": state["best_auc"], "best_epoch": state["best_epoch"], "bad_images": bad}
+    return ["model.pt"], {**summary, "train_images": len(train), "val_images": len(val)}

@@ -51,3 +51,17 @@ def test_read_state_dict_rejects_non_tensors(tmp_path: Path) -> None:
     torch.save({"a": 1}, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="bad.pt"):
         read_state_dict(tmp_path / "bad.pt")
+
+
+def test_imagenet_init_end_to_end_from_weights_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A timm-format RGB ViT-S/16 file with a 1000-way head, placed where the error message
+    says, initialises a grey 14-class model: patch kernel averaged, head dropped."""
+    torch.manual_seed(0)
+    rgb = backbones.create("vit_small", in_chans=3, num_classes=1000)
+    sd = rgb.state_dict()
+    save_file(sd, str(tmp_path / "vit_small_patch16_224.augreg_in21k_ft_in1k.safetensors"))
+    monkeypatch.setenv("BENCH_WEIGHTS_DIR", str(tmp_path))
+    grey = backbones.create("vit_small", init="imagenet1k", in_chans=1, num_classes=14)
+    assert sorted(grey.bench_init.dropped) == ["head.bias", "head.weight"]
+    torch.testing.assert_close(grey.patch_embed.proj.weight, sd["patch_embed.proj.weight"].mean(dim=1, keepdim=True))
+    torch.testing.assert_close(grey.blocks[11].mlp.fc2.weight, sd["blocks.11.mlp.fc2.weight"])

@@ -72,3 +72,13 @@ def test_topological_order_and_describe(tmp_path: Path) -> None:
         seen.add(s.key)
     text = describe(plan)
     assert "stages: 19 (1 pretrain, 6 finetune, 12 evaluate)" in text
+
+
+def test_keys_ignore_options_left_at_their_defaults(tmp_path: Path) -> None:
+    """Spelling out a default value (or a new option with a default) keeps the key."""
+    a = build_plan(load_matrix(make(tmp_path)))
+    p = tmp_path / "explicit.yaml"
+    p.write_text(make(tmp_path).read_text().replace("finetune: {dataset: nih, seeds: [0, 1], epochs: 1}",
+                                                    "finetune: {dataset: nih, seeds: [0, 1], epochs: 1, task: multilabel, val_fraction: 0.1}"))
+    b = build_plan(load_matrix(p))
+    assert list(a.stages) == list(b.stages)

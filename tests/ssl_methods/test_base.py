@@ -67,3 +67,10 @@ def test_every_method_exports_backbone_keys_and_trains_no_frozen_tensor(method: 
     names = {id(p): n for n, p in m.named_parameters()}
     listed = {names[id(p)] for g in m.param_groups(0.05) for p in g["params"]}
     assert not any(n.startswith(("teacher", "momentum_")) for n in listed)
+
+
+def test_only_mae_takes_a_valid_mask() -> None:
+    from ssl_methods.registry import METHODS
+
+    ssl_methods.list_methods()
+    assert {n for n in METHODS.names() if METHODS.get(n).supports_valid_mask} == {"mae"}

@@ -45,3 +45,21 @@ def test_grid_pos_embed_identity_on_same_grid_and_keeps_cls() -> None:
     other = grid_pos_embed(table, (3, 6))
     assert other.shape == (1, 19, 8)
     torch.testing.assert_close(other[:, :1], table[:, :1])
+
+
+def test_dino_interpolation_uses_scale_factor_formula() -> None:
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    table = torch.randn(1, 1 + 14 * 14, 8)
+    out = grid_pos_embed(table, (6, 6), mode="dino")
+    assert out.shape == (1, 37, 8)
+    torch.testing.assert_close(out[:, :1], table[:, :1])
+    grid = table[:, 1:].reshape(1, 14, 14, 8).permute(0, 3, 1, 2)
+    # F.interpolate with a scale factor samples source x = (dst + 0.5) * 14 / 6.1 - 0.5
+    expect = F.interpolate(grid, scale_factor=(6.1 / 14, 6.1 / 14), mode="bicubic", align_corners=False)
+    torch.testing.assert_close(out[:, 1:], expect.permute(0, 2, 3, 1).reshape(1, 36, 8))
+    timm_style = grid_pos_embed(table, (6, 6), mode="timm")
+    assert (timm_style - out).abs().max() > 1e-3  # antialiased size-based resampling differs
+    non_square = grid_pos_embed(table, (6, 9), mode="dino")
+    assert non_square.shape == (1, 1 + 54, 8)
