@@ -47,12 +47,9 @@ def _ssl_method_names() -> list[str]:
 
 def _dbb_methods() -> list[str]:
     """Methods whose forward takes a `valid` token mask (padded variable-resolution batches)."""
-    import inspect
-
     import ssl_methods
 
-    names = ssl_methods.list_methods()
-    return [n for n in names if "valid" in inspect.signature(ssl_methods.METHODS.get(n).forward).parameters]
+    return [n for n in ssl_methods.list_methods() if getattr(ssl_methods.METHODS.get(n), "supports_valid_mask", False)]
 
 
 def _backbone_names() -> list[str]:
@@ -97,9 +94,11 @@ class PretrainCfg(_Strict):
     weight_decay: float = 0.04
     warmup_epochs: float = 0.0
     clip_grad: float | None = 3.0
+    clip_mode: Literal["global", "per_tensor"] = "global"  # per_tensor: the DINO/GMML/SiT reference rule
+    weight_decay_end: float | None = None  # cosine weight-decay schedule (DINO/GMML: 0.04 -> 0.4)
     options: dict[str, Any] = Field(default_factory=dict)  # method config (mask ratio, ...)
     batching: BatchingCfg = Field(default_factory=BatchingCfg)
-    checkpoint_every: int = 1  # epochs
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on GPUs that support it
 
     @field_validator("method")
     @classmethod
@@ -127,7 +126,7 @@ class PretrainCfg(_Strict):
     def _dataset_needed(self) -> "PretrainCfg":
         if self.method != "none" and self.dataset is None:
             raise ValueError(f"pretrain.method {self.method!r} needs pretrain.dataset (a site name)")
-        if self.batching.mode == "dbb":
+        if self.batching.mode == "dbb" and self.method != "none":
             ok = _dbb_methods()
             if self.method not in ok:
                 raise ValueError(
@@ -140,8 +139,9 @@ class PretrainCfg(_Strict):
 class FinetuneCfg(_Strict):
     dataset: str = "nih"
     site_options: dict[str, Any] = Field(default_factory=dict)
-    classes: str = "nih14"  # a label set, or `site` for the site's own labels
+    classes: str | list[str] = "nih14"  # a label set, `site` (the site's own labels) or a list of label columns
     task: Literal["multilabel", "multiclass"] = "multilabel"  # sigmoid + BCE, or softmax + cross-entropy
+    pool: Literal["default", "avg", "token"] = "default"  # ViT feature pooling for the head (timm global_pool)
     seeds: list[int] = Field(default_factory=lambda: [0])
     mode: Literal["finetune", "linear_probe"] = "finetune"
     epochs: int = 30
@@ -155,6 +155,7 @@ class FinetuneCfg(_Strict):
     val_fraction: float = 0.1  # carved from train by patient when the site has no val split
     augment: bool = True
     patience: int | None = None  # early stop on val AUC
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on GPUs that support it
 
     @field_validator("dataset")
     @classmethod
@@ -163,8 +164,12 @@ class FinetuneCfg(_Strict):
 
     @field_validator("classes")
     @classmethod
-    def _classes(cls, v: str) -> str:
-        return _one_of(v, [*LABEL_SETS, SITE_CLASSES])
+    def _classes(cls, v: str | list[str]) -> str | list[str]:
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("an explicit class list needs at least one label column")
+            return v
+        return _one_of(v, [*LABEL_SETS, SITE_CLASSES, "<list of label columns>"])
 
     @field_validator("seeds")
     @classmethod
@@ -183,7 +188,7 @@ class EvalTarget(_Strict):
     site: str
     split: Literal["train", "val", "test"] = "test"
     site_options: dict[str, Any] = Field(default_factory=dict)
-    classes: str = "harmonised5"
+    classes: str | list[str] = "harmonised5"
     location: str = ""
 
     @field_validator("site")
@@ -193,8 +198,12 @@ class EvalTarget(_Strict):
 
     @field_validator("classes")
     @classmethod
-    def _classes(cls, v: str) -> str:
-        return _one_of(v, [*LABEL_SETS, SITE_CLASSES])
+    def _classes(cls, v: str | list[str]) -> str | list[str]:
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("an explicit class list needs at least one label column")
+            return v
+        return _one_of(v, [*LABEL_SETS, SITE_CLASSES, "<list of label columns>"])
 
 
 class Experiment(_Strict):

@@ -98,10 +98,58 @@ def build_manifest(plan: Plan, store: Store) -> pd.DataFrame:
                 "meta:Pre-training": e.pretrain.method,
                 "meta:Pre-training dataset": e.pretrain.dataset or "-",
                 "meta:Fine-tuning": e.finetune.dataset,
-                **({"pretrain_size": e.pretrain.subset} if e.pretrain.subset else {}),
+                **_size_keys(e, c.pretrain_key, store),
             }
         )
     return pd.DataFrame(rows)
+
+
+def _size_keys(e: Any, pretrain_key: str | None, store: Store) -> dict[str, Any]:
+    """Pre-training size (images actually used) and the series it belongs to (Table 6 / Figure 3)."""
+    if not pretrain_key:
+        return {}
+    used = store.status(pretrain_key).get("summary", {}).get("images")
+    size = used or e.pretrain.subset
+    if not size:
+        return {}
+    dbb = " + DBB" if e.pretrain.batching.mode == "dbb" else ""
+    return {"pretrain_size": int(size), "series": f"{e.pretrain.method.upper()} on {e.pretrain.dataset}{dbb} ({e.backbone})"}
+
+
+def token_frame(plan: Plan) -> pd.DataFrame | None:
+    """Tokens/compute of the batching strategies on the image sizes of the matrix's DBB pre-training.
+
+    This is the poster's token table computed for the data the matrix actually used
+    (sizes from the site index, never from pixels); None when no stage uses DBB.
+    """
+    from bench.dbb_report import run_benchmark
+    from bench.train.data import load_index
+
+    for s in plan.ordered():
+        if s.kind != "pretrain" or s.config["pretrain"]["batching"]["mode"] != "dbb":
+            continue
+        p = s.config["pretrain"]
+        b = p["batching"]
+        index = load_index(p["dataset"], s.paths[p["dataset"]], p["site_options"], p["splits"])
+        import backbones
+
+        patch = int(b["patch"] or backbones.get_spec(s.config["backbone"]).timm_kwargs.get("patch_size", 16))
+        results = run_benchmark(
+            index["height"].to_numpy(int),
+            index["width"].to_numpy(int),
+            patch=patch,
+            max_side=int(b["max_side"]),
+            batch_size=int(p["batch_size"]),
+            min_batches=(float(b["options"].get("min_batches", 4)),),
+        )
+        return pd.DataFrame(
+            {
+                "strategy": [r.label for r in results],
+                "tokens_processed": [r.processed for r in results],
+                "flops": [r.flops.get("vit_base", float("nan")) for r in results],
+            }
+        )
+    return None
 
 
 def write_reports(plan: Plan, store: Store, out_dir: Path, tracker: Tracker | None = None, run_id: str | None = None) -> list[Path]:
@@ -112,7 +160,13 @@ def write_reports(plan: Plan, store: Store, out_dir: Path, tracker: Tracker | No
         log.warning("no finished evaluations yet: no reports written")
         return []
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = build_reports(manifest, out_dir, title=plan.matrix.description or plan.matrix.name, **plan.matrix.reports)
+    files = build_reports(
+        manifest,
+        out_dir,
+        title=plan.matrix.description or plan.matrix.name,
+        token_frame=token_frame(plan),
+        **plan.matrix.reports,
+    )
     missing = len(plan.cells) - len(manifest)
     if missing:
         log.warning("reports cover %d of %d result cells (%d not finished)", len(manifest), len(plan.cells), missing)

@@ -48,8 +48,10 @@ def label_set(name: str) -> tuple[str, ...]:
 SITE_CLASSES = "site"  # "the site's own label columns", e.g. IRMA body regions or OCT classes
 
 
-def resolve_classes(name: str, site: str) -> tuple[str, ...]:
-    """Class names of a label-set name, or of `site`'s own labels when `name` is `site`."""
+def resolve_classes(name: str | list[str], site: str) -> tuple[str, ...]:
+    """Class names of a label-set name, an explicit list of label columns, or `site`'s own labels."""
+    if isinstance(name, (list, tuple)):
+        return tuple(str(c) for c in name)
     if name == SITE_CLASSES:
         from bench.data.sites import get_site
 

@@ -113,9 +113,10 @@ def augment_batch(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     No horizontal flips: the heart's side is diagnostic information on chest films.
     """
     b = x.shape[0]
-    scale = 0.9 + 0.2 * torch.rand(b, generator=gen)
-    ang = (torch.rand(b, generator=gen) - 0.5) * (2 * 7 * np.pi / 180)
-    shift = (torch.rand(b, 2, generator=gen) - 0.5) * 0.12
+    # draws come from a CPU generator (reproducible across devices), then move to x's device
+    scale = (0.9 + 0.2 * torch.rand(b, generator=gen)).to(x.device)
+    ang = ((torch.rand(b, generator=gen) - 0.5) * (2 * 7 * np.pi / 180)).to(x.device)
+    shift = ((torch.rand(b, 2, generator=gen) - 0.5) * 0.12).to(x.device)
     cos, sin = torch.cos(ang) / scale, torch.sin(ang) / scale
     theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)

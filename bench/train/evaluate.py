@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 
 from bench.train.data import ImageBatches, load_index, source_kwargs
-from bench.train.finetune import predict, selection_score
+from bench.train.finetune import pool_kwargs, predict, selection_score
 
 if TYPE_CHECKING:
     from bench.execute import RunContext
@@ -31,8 +31,16 @@ def run_evaluate(stage: "Stage", store: "Store", logger: "StageLogger", ctx: "Ru
     ft_key = stage.upstream[0]
     saved = torch.load(store.path(ft_key, "model.pt"), map_location="cpu", weights_only=True)
     classes: list[str] = list(saved["classes"])
-    model = backbones.create(saved["backbone"], init="random", in_chans=cfg["in_chans"], num_classes=len(classes), img_size=cfg["image_size"])
+    model = backbones.create(
+        saved["backbone"],
+        init="random",
+        in_chans=cfg["in_chans"],
+        num_classes=len(classes),
+        img_size=cfg["image_size"],
+        **pool_kwargs({"pool": saved.get("pool", "default")}),
+    )
     model.load_state_dict(saved["state_dict"])
+    model.to(torch.device(ctx.device))
     site = cfg["site"]
     index = load_index(site, stage.paths[site], cfg["site_options"], [cfg["split"]])
     batches = ImageBatches(

@@ -28,15 +28,22 @@ if TYPE_CHECKING:
 def predict(model: torch.nn.Module, batches: ImageBatches, multiclass: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities (N, C) in index order (sigmoid, or softmax for multi-class), and the rows that decoded."""
     model.eval()
+    dev = next(model.parameters()).device
     probs, rows = [], []
     for _, kept, x, _ in batches.epoch_batches(0):
-        logits = model(x)
+        logits = model(x.to(dev)).float()
         p = torch.softmax(logits, dim=1) if multiclass else torch.sigmoid(logits)
-        probs.append(p.float().numpy())
+        probs.append(p.cpu().numpy())
         rows.append(kept)
     if not probs:
         return np.zeros((0, 0), dtype=np.float32), np.zeros(0, dtype=np.int64)
     return np.concatenate(probs), np.concatenate(rows)
+
+
+def pool_kwargs(f: dict[str, Any]) -> dict[str, Any]:
+    """timm `global_pool` for ViT heads: `avg` (mean of patch tokens, the MAE recipe) or `token` (CLS)."""
+    pool = f.get("pool", "default")
+    return {} if pool == "default" else {"global_pool": pool}
 
 
 def cross_entropy_onehot(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -104,7 +111,7 @@ def run_finetune(stage: "Stage", store: "Store", logger: "StageLogger", ctx: "Ru
         init = resolve_init(cfg["init"])
     torch.manual_seed(seed)
     model = backbones.create(
-        cfg["backbone"], init=init, in_chans=cfg["in_chans"], num_classes=len(classes), img_size=cfg["image_size"]
+        cfg["backbone"], init=init, in_chans=cfg["in_chans"], num_classes=len(classes), img_size=cfg["image_size"], **pool_kwargs(f)
     )
     if f["mode"] == "linear_probe":
         head = {id(p) for p in model.get_classifier().parameters()}
@@ -132,7 +139,7 @@ def run_finetune(stage: "Stage", store: "Store", logger: "StageLogger", ctx: "Ru
         auc = selection_score(val_b.targets[rows], probs, multiclass)
         if auc > state["best_auc"]:
             state.update(best_auc=auc, best_epoch=epoch, bad_epochs=0)
-            torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, best_path)
+            torch.save({k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, best_path)
         else:
             state["bad_epochs"] += 1
         name = "val_balanced_top1" if multiclass else "val_mean_auc"
@@ -167,10 +174,13 @@ def run_finetune(stage: "Stage", store: "Store", logger: "StageLogger", ctx: "Ru
         epoch_end=epoch_end,
         progress=ctx.progress,
         desc=f"finetune seed {seed}",
+        device=ctx.device,
+        precision=f.get("precision", "auto"),
+        should_stop=(lambda: state["bad_epochs"] >= f["patience"]) if f.get("patience") else None,
     )
     best = torch.load(best_path, map_location="cpu", weights_only=True)
     with store.write_output(stage.key, "model.pt") as tmp:
-        torch.save({"state_dict": best, "classes": classes, "backbone": cfg["backbone"], "task": f["task"]}, tmp)
+        torch.save({"state_dict": best, "classes": classes, "backbone": cfg["backbone"], "task": f["task"], "pool": f.get("pool", "default")}, tmp)
     best_path.unlink()
     bad = len(train_b.bad) + len(val_b.bad)
     if bad:

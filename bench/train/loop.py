@@ -41,6 +41,8 @@ class OptimCfg:
     weight_decay: float = 0.04
     warmup_epochs: float = 0.0
     clip_grad: float | None = None
+    clip_mode: str = "global"  # global norm (SimMIM, timm) or per_tensor (DINO/GMML/SiT references)
+    weight_decay_end: float | None = None  # cosine weight-decay schedule to this value (DINO/GMML: 0.4)
     optimizer: str = "adamw"
     betas: tuple[float, float] = (0.9, 0.999)
 
@@ -52,6 +54,19 @@ def lr_at(step: int, total: int, warmup: int, base: float, final: float) -> floa
     span = max(1, total - warmup)
     t = min(1.0, (step - warmup) / span)
     return final + 0.5 * (base - final) * (1 + math.cos(math.pi * t))
+
+
+def clip_gradients(params: list[torch.Tensor], clip: float, mode: str) -> None:
+    """Global-norm clipping, or the DINO/GMML/SiT rule: each tensor g *= min(1, clip / (||g|| + 1e-6))."""
+    if mode == "global":
+        torch.nn.utils.clip_grad_norm_(params, clip)
+        return
+    if mode != "per_tensor":
+        raise ValueError(f"clip_mode {mode!r} is not one of global, per_tensor")
+    for p in params:
+        if p.grad is not None:
+            norm = p.grad.detach().norm(2)
+            p.grad.mul_(torch.clamp(clip / (norm + 1e-6), max=1.0))
 
 
 def default_param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -70,6 +85,22 @@ def make_optimizer(groups: list[dict[str, Any]], cfg: OptimCfg) -> torch.optim.O
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9)
     raise ValueError(f"optimizer {cfg.optimizer!r} is not one of adamw, sgd")
+
+
+def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """bf16 autocast on GPUs that support it (`auto`/`bf16`), none on CPU or with `fp32`.
+
+    bf16 needs no loss scaling (unlike fp16), so there is no GradScaler state to checkpoint.
+    """
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"precision {precision!r} is not one of auto, bf16, fp32")
+    if precision == "fp32" or device.type != "cuda":
+        return None
+    if not torch.cuda.is_bf16_supported():
+        if precision == "bf16":
+            raise ValueError("precision bf16 requested but this GPU does not support bfloat16")
+        return None
+    return torch.bfloat16
 
 
 def step_seed(seed: int, epoch: int, step: int) -> int:
@@ -108,6 +139,9 @@ def fit(
     progress: bool = False,
     desc: str = "train",
     stop_after_steps: int | None = None,
+    device: str = "cpu",
+    precision: str = "auto",
+    should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """Train `model` for `cfg.epochs`; returns `state` (caller-owned, checkpointed with the model).
 
@@ -115,13 +149,17 @@ def fit(
     call (after checkpointing), which is how tests simulate a kill at an arbitrary step.
     """
     state = state if state is not None else {}
+    dev = torch.device(device)
+    model.to(dev)
+    amp = autocast_dtype(dev, precision)
     opt = make_optimizer(groups, cfg)
+    base_wd = [float(g.get("weight_decay", 0.0)) for g in opt.param_groups]
     steps_per_epoch = len(batches)
     total = max(1, cfg.epochs * steps_per_epoch)
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
     epoch, start_step, global_step = 0, 0, 0
     if checkpoint.exists():
-        ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        ck = torch.load(checkpoint, map_location=dev, weights_only=True)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         epoch, start_step, global_step = ck["epoch"], ck["step"], ck["global_step"]
@@ -163,9 +201,15 @@ def fit(
                 torch.manual_seed(s)
                 gen = torch.Generator().manual_seed(s)
                 lr = lr_at(global_step, total, warmup, cfg.lr, cfg.min_lr)
-                for g in opt.param_groups:
+                for g, base in zip(opt.param_groups, base_wd):
                     g["lr"] = lr
-                loss, logs = step_fn(x, y, gen)
+                    if cfg.weight_decay_end is not None and base > 0:
+                        g["weight_decay"] = lr_at(global_step, total, 0, base, cfg.weight_decay_end)
+                x = x.to(dev, non_blocking=True)
+                y = y.to(dev, non_blocking=True) if y is not None else None
+                with torch.autocast(dev.type, dtype=amp or torch.float32, enabled=amp is not None):
+                    loss, logs = step_fn(x, y, gen)
+                loss = loss.float()
                 if not torch.isfinite(loss):
                     raise NonFiniteLoss(
                         f"loss became {loss.item()} at epoch {epoch} step {step} (global step {global_step}); "
@@ -174,7 +218,7 @@ def fit(
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.clip_grad:
-                    torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.clip_grad)
+                    clip_gradients([p for g in groups for p in g["params"]], cfg.clip_grad, cfg.clip_mode)
                 opt.step()
                 global_step += 1
                 steps_this_call += 1
@@ -198,6 +242,9 @@ def fit(
                 metrics.update(epoch_end(epoch))
             logger.metrics(metrics, step=epoch)
             epoch, start_step = epoch + 1, 0
+            if should_stop is not None and should_stop():
+                logger.text(f"early stop after epoch {epoch - 1}")
+                epoch = cfg.epochs  # a resumed run must not train further either
             save(epoch, 0)
             last_ckpt = time.time()
     except KeyboardInterrupt:

@@ -138,6 +138,8 @@ def run_pretrain(stage: "Stage", store: "Store", logger: "StageLogger", ctx: "Ru
         weight_decay=p["weight_decay"],
         warmup_epochs=p["warmup_epochs"],
         clip_grad=p["clip_grad"],
+        clip_mode=p.get("clip_mode", "global"),
+        weight_decay_end=p.get("weight_decay_end"),
     )
     state = fit(
         model=method,
@@ -152,10 +154,12 @@ def run_pretrain(stage: "Stage", store: "Store", logger: "StageLogger", ctx: "Ru
         progress=ctx.progress,
         desc=f"pretrain {p['method']}",
         state={},
+        device=ctx.device,
+        precision=p.get("precision", "auto"),
     )
     if len(batches.bad):
         logger.text(f"skipped {len(batches.bad)} unreadable images: {sorted(batches.bad.paths)}")
     with store.write_output(stage.key, "encoder.pt") as tmp:
-        torch.save(method.encoder_state_dict(), tmp)
+        torch.save({k: v.detach().cpu() for k, v in method.encoder_state_dict().items()}, tmp)
     summary = {"images": len(index), "bad_images": len(batches.bad), **{k: v for k, v in state.items() if isinstance(v, float)}}
     return ["encoder.pt"], summary

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -81,6 +82,11 @@ def test_inline_run_report_mlflow_and_rerun(tmp_path: Path, data_root: Path, cap
     md = (rep / "table2_multisite.md").read_text()
     tex = (rep / "table2_multisite.tex").read_text()
     assert "\\toprule" in tex and "\\bottomrule" in tex
+    if shutil.which("pdflatex"):  # the generated table compiles as-is in a standard article
+        doc = "\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n" + tex + "\n\\end{document}\n"
+        (tmp_path / "t.tex").write_text(doc)
+        r = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "t.tex"], cwd=tmp_path, capture_output=True, timeout=120)
+        assert r.returncode == 0, r.stdout.decode(errors="replace")[-1500:]
     # the table's numbers are what sklearn gives on the stored predictions
     store = results / "store"
     per_seed: dict[tuple[str, str], list[float]] = {}

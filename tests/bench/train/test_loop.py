@@ -113,3 +113,14 @@ def test_corrupt_image_skip_and_fail(tmp_path: Path) -> None:
     fail = ImageBatches(index, image_size=8, in_chans=1, classes=None, batch_size=2, seed=0, shuffle=False, policy="fail")
     with pytest.raises(Exception, match="b.png"):
         list(fail.epoch_batches(0))
+
+
+def test_per_tensor_clipping_rule() -> None:
+    from bench.train.loop import clip_gradients
+
+    a, b = torch.zeros(3, requires_grad=True), torch.zeros(2, requires_grad=True)
+    a.grad = torch.tensor([3.0, 4.0, 0.0])  # norm 5 -> scaled to norm ~2
+    b.grad = torch.tensor([0.3, 0.4])  # norm 0.5 -> untouched
+    clip_gradients([a, b], 2.0, "per_tensor")
+    assert torch.allclose(a.grad, torch.tensor([3.0, 4.0, 0.0]) * 2.0 / (5.0 + 1e-6))
+    assert torch.equal(b.grad, torch.tensor([0.3, 0.4]))
