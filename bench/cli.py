@@ -142,6 +142,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from bench.plan import build_plan
     from bench.runner import reports_dir, store_of, write_reports
 
+    from bench.tracking import Tracker, default_tracking_uri
+
     matrix = _load(args)
     plan = build_plan(matrix)
     results = args.results.resolve()
@@ -152,6 +154,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(f"wrote {len(files)} files to {out}")
     for f in files:
         print(f"  {f}")
+    uri = args.tracking_uri or default_tracking_uri(results)
+    if not args.no_mlflow and (not uri.startswith("sqlite:///") or Path(uri.removeprefix("sqlite:///")).exists()):
+        tracker = Tracker(uri)
+        run_id = tracker.latest_matrix_run(str(matrix.path))
+        if run_id:
+            tracker.artifact(run_id, out, "reports")
+            print(f"logged the reports to MLflow run {run_id} (the latest `bench run` of this matrix)")
     return 0
 
 
@@ -313,6 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
         _add_data_root(q)
         if name == "audit":
             q.add_argument("--csv", type=Path, default=None, help="also write the audit as CSV")
+        if name == "report":
+            q.add_argument("--tracking-uri", default=None, help="MLflow URI (default as for `bench run`)")
+            q.add_argument("--no-mlflow", action="store_true", help="do not log the reports to MLflow")
         q.set_defaults(fn=fn)
 
     d = sub.add_parser("data", help="datasets: synthetic generator, tables, caches")

@@ -18,10 +18,10 @@ import copy
 import itertools
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bench.data.labels import LABEL_SETS, SITE_CLASSES
 
@@ -70,6 +70,20 @@ def _one_of(value: str, allowed: list[str] | tuple[str, ...]) -> str:
     return value
 
 
+def _check_classes(v: str | list[str]) -> str | list[str]:
+    if isinstance(v, list):
+        if not v:
+            raise ValueError("an explicit class list needs at least one label column")
+        return v
+    return _one_of(v, [*LABEL_SETS, SITE_CLASSES, "<list of label columns>"])
+
+
+# Names checked against the live registries, so a new site/label set is accepted without edits here.
+SiteName = Annotated[str, AfterValidator(lambda v: _one_of(v, _site_names()))]
+LabelSetName = Annotated[str, AfterValidator(lambda v: _one_of(v, list(LABEL_SETS)))]
+Classes = Annotated[str | list[str], AfterValidator(_check_classes)]
+
+
 class BatchingCfg(_Strict):
     """How pre-training batches are formed: fixed square resize, or Dynamic Batch Binning."""
 
@@ -82,11 +96,11 @@ class BatchingCfg(_Strict):
 
 class PretrainCfg(_Strict):
     method: str = "none"
-    dataset: str | None = None
+    dataset: SiteName | None = None
     site_options: dict[str, Any] = Field(default_factory=dict)
     splits: list[Literal["train", "val", "test"]] = Field(default_factory=lambda: ["train", "val"])
     subset: int | None = None  # random N images (the paper: 100,000)
-    classes: str = "nih14"  # only for method: supervised
+    classes: LabelSetName = "nih14"  # only for method: supervised
     epochs: int = 1
     batch_size: int = 64
     lr: float = 1e-4
@@ -104,16 +118,6 @@ class PretrainCfg(_Strict):
     @classmethod
     def _method(cls, v: str) -> str:
         return _one_of(v, [*NON_SSL_METHODS, *_ssl_method_names()])
-
-    @field_validator("dataset")
-    @classmethod
-    def _dataset(cls, v: str | None) -> str | None:
-        return None if v is None else _one_of(v, _site_names())
-
-    @field_validator("classes")
-    @classmethod
-    def _classes(cls, v: str) -> str:
-        return _one_of(v, list(LABEL_SETS))
 
     @field_validator("epochs", "batch_size")
     @classmethod
@@ -137,9 +141,9 @@ class PretrainCfg(_Strict):
 
 
 class FinetuneCfg(_Strict):
-    dataset: str = "nih"
+    dataset: SiteName = "nih"
     site_options: dict[str, Any] = Field(default_factory=dict)
-    classes: str | list[str] = "nih14"  # a label set, `site` (the site's own labels) or a list of label columns
+    classes: Classes = "nih14"  # a label set, `site` (the site's own labels) or a list of label columns
     task: Literal["multilabel", "multiclass"] = "multilabel"  # sigmoid + BCE, or softmax + cross-entropy
     pool: Literal["default", "avg", "token"] = "default"  # ViT feature pooling for the head (timm global_pool)
     seeds: list[int] = Field(default_factory=lambda: [0])
@@ -157,20 +161,6 @@ class FinetuneCfg(_Strict):
     patience: int | None = None  # early stop on val AUC
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on GPUs that support it
 
-    @field_validator("dataset")
-    @classmethod
-    def _dataset(cls, v: str) -> str:
-        return _one_of(v, _site_names())
-
-    @field_validator("classes")
-    @classmethod
-    def _classes(cls, v: str | list[str]) -> str | list[str]:
-        if isinstance(v, list):
-            if not v:
-                raise ValueError("an explicit class list needs at least one label column")
-            return v
-        return _one_of(v, [*LABEL_SETS, SITE_CLASSES, "<list of label columns>"])
-
     @field_validator("seeds")
     @classmethod
     def _seeds(cls, v: list[int]) -> list[int]:
@@ -185,26 +175,11 @@ class EvalTarget(_Strict):
     """One report column: a site split scored on a label set (e.g. `NIH 5 class avg.`)."""
 
     column: str
-    site: str
+    site: SiteName
     split: Literal["train", "val", "test"] = "test"
     site_options: dict[str, Any] = Field(default_factory=dict)
-    classes: str | list[str] = "harmonised5"
+    classes: Classes = "harmonised5"
     location: str = ""
-
-    @field_validator("site")
-    @classmethod
-    def _site(cls, v: str) -> str:
-        return _one_of(v, _site_names())
-
-    @field_validator("classes")
-    @classmethod
-    def _classes(cls, v: str | list[str]) -> str | list[str]:
-        if isinstance(v, list):
-            if not v:
-                raise ValueError("an explicit class list needs at least one label column")
-            return v
-        return _one_of(v, [*LABEL_SETS, SITE_CLASSES, "<list of label columns>"])
-
 
 class Experiment(_Strict):
     id: str

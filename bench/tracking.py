@@ -118,6 +118,19 @@ class Tracker:
         else:
             _retry(lambda: self.client.log_artifact(run_id, str(path), artifact_path), "log artifact")
 
+    def latest_matrix_run(self, matrix: str) -> str | None:
+        """Run id of the most recent `bench run` parent run of this matrix file, if any."""
+        runs = _retry(
+            lambda: self.client.search_runs(
+                [self.experiment_id],
+                filter_string=f"tags.kind = 'matrix' and tags.matrix = '{matrix}'",
+                order_by=["attributes.start_time DESC"],
+                max_results=1,
+            ),
+            "search runs",
+        )
+        return runs[0].info.run_id if runs else None
+
     def end(self, run_id: str, status: str = "FINISHED") -> None:
         _retry(lambda: self.client.set_terminated(run_id, status=status), "end run")
 
