@@ -205,6 +205,8 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     opts = _site_options(args.site_options)
     root = _site_root(args, args.site)
     index = load_index(args.site, str(root), opts, None)
+    if args.size and args.native:
+        raise CLIError("prepare the fixed-size cache (--size N) and the native cache (--size 0 --native) in two calls")
     out = cache_dir_for(args.cache_dir, args.site, opts) / (f"size{args.size}" if args.size else "native")
     png16 = site_read_options(args.site).get("png16", "container")
     t0 = time.time()
@@ -342,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--data-root", default=None, help="parent of the sites' folders (default $BENCH_DATA_ROOT or data/synthetic)")
     pr.add_argument("--site-options", default=None, help='adapter options as JSON, e.g. \'{"split": "valid"}\'')
     pr.add_argument("--size", type=int, default=224, help="square side of the fixed-size cache (0: none); default %(default)s")
-    pr.add_argument("--native", action="store_true", help="also write the native-resolution cache (variable-size pre-training)")
+    pr.add_argument("--native", action="store_true", help="write the native-resolution cache for variable-size (DBB) pre-training; use with --size 0")
     pr.add_argument("--native-max-side", type=int, default=None, help="cap the native cache's longer side (px)")
     pr.add_argument("--on-error", choices=["skip", "fail"], default="skip", help="corrupt images: skip (listed in report.json) or fail")
     pr.add_argument("--workers", type=int, default=1, help="decode processes")

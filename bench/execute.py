@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from abc import ABC, abstractmethod
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,11 +132,12 @@ def execute_chain(stage_jsons: list[dict[str, Any]], ctx: RunContext) -> list[di
     return out
 
 
-class Executor:
+class Executor(ABC):
     name = "base"
 
+    @abstractmethod
     def run(self, stages: list[Stage], ctx: RunContext) -> RunSummary:
-        raise NotImplementedError  # abstract
+        """Run the not-yet-done `stages` (topologically ordered) and say what happened to each."""
 
 
 def _ready(stage: Stage, done: set[str]) -> bool:

@@ -11,6 +11,8 @@ with `backbones.create(backbone, init=<file>)`: exactly the key names of
 
 from __future__ import annotations
 
+from abc import ABCMeta, abstractmethod
+
 import dataclasses
 import math
 from pathlib import Path
@@ -47,7 +49,7 @@ def parse_config(config_cls: type[C], cfg: dict[str, Any], method: str) -> C:
     return config_cls(**values)
 
 
-class SSLMethod(nn.Module):
+class SSLMethod(nn.Module, metaclass=ABCMeta):
     """Base class: a self-supervised objective around one backbone.
 
     Subclasses set `name`, `supported_families` and implement `forward` and
@@ -76,12 +78,13 @@ class SSLMethod(nn.Module):
         self.in_chans = int(in_chans)
         self.init = str(init)
 
-    def forward(self, images: Tensor) -> tuple[Tensor, dict[str, float]]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def forward(self, images: Tensor) -> tuple[Tensor, dict[str, float]]:
+        """(B, C, H, W) images -> (scalar loss, logged floats)."""
 
-    def export_encoder(self) -> nn.Module:  # pragma: no cover - abstract
+    @abstractmethod
+    def export_encoder(self) -> nn.Module:
         """The timm backbone whose weights are exported (e.g. a DINO teacher)."""
-        raise NotImplementedError
 
     def encoder_state_dict(self) -> dict[str, Tensor]:
         """Detached CPU copies of the exported backbone's weights (timm key names)."""

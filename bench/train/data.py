@@ -33,14 +33,26 @@ GREY_MEAN = 0.449  # mean of ImageNet's (0.485, 0.456, 0.406)
 GREY_STD = 0.226  # mean of ImageNet's (0.229, 0.224, 0.225)
 
 
+_INDEX_MEMO: dict[tuple[str, str, str], pd.DataFrame] = {}
+
+
 def load_index(site: str, root: str, options: dict[str, Any], splits: Sequence[str] | None) -> pd.DataFrame:
-    """The site's standard index restricted to `splits`, with a clear error if that leaves nothing."""
+    """The site's standard index restricted to `splits`, with a clear error if that leaves nothing.
+
+    Indexes are memoised per process by (site, root, options): a chained fine-tune and its
+    evaluations, or the leakage audit, read a site's CSVs and image headers once.
+    """
     if not Path(root).exists():
         raise DataError(
             f"data root for site {site!r} does not exist: {root} "
             f"(set data.root / data.sites.{site} in the matrix, or BENCH_DATA_ROOT)"
         )
-    index = get_site(site).load_index(Path(root), **options)
+    import json
+
+    memo_key = (site, str(Path(root).resolve()), json.dumps(options, sort_keys=True, default=str))
+    if memo_key not in _INDEX_MEMO:
+        _INDEX_MEMO[memo_key] = get_site(site).load_index(Path(root), **options)
+    index = _INDEX_MEMO[memo_key]
     if splits is not None:
         index = index[index["split"].isin(list(splits))]
     if index.empty:
@@ -68,12 +80,22 @@ def open_cache(cache_root: str | Path | None, site: str, options: dict[str, Any]
         return None
     from bench.data.cache import CacheReader
 
-    d = cache_dir_for(cache_root, site, options) / f"size{size}"
+    d = cache_dir_for(cache_root, site, options) / (f"size{size}" if size else "native")
     try:
         reader = CacheReader(d)
     except FileNotFoundError:
         return None
-    return reader if reader.size == size else None
+    if size:
+        return reader if reader.size == size else None
+    return reader if reader.config.native else None
+
+
+def _rows_in_cache(index: pd.DataFrame, cache: Any) -> np.ndarray:
+    """Row of each index image in a prepared cache, -1 where it is not cached."""
+    if cache is None:
+        return np.full(len(index), -1, dtype=np.int64)
+    pos = {iid: r for r, iid in enumerate(cache.index["image_id"].astype(str))}
+    return np.array([pos.get(i, -1) for i in index["image_id"].astype(str)], dtype=np.int64)
 
 
 def source_kwargs(site: str, options: dict[str, Any], size: int, cache_root: str | None) -> dict[str, Any]:
@@ -181,10 +203,7 @@ class ImageBatches:
         self._cache: dict[int, torch.Tensor] = {} if len(self.paths) <= cache_limit else None  # type: ignore[assignment]
         # rows of a `bench data prepare` cache (same site/options/size), or -1 when not cached
         self._disk = cache
-        self._disk_rows = np.full(len(self.paths), -1, dtype=np.int64)
-        if cache is not None:
-            pos = {iid: r for r, iid in enumerate(cache.index["image_id"].astype(str))}
-            self._disk_rows = np.array([pos.get(i, -1) for i in self.index["image_id"].astype(str)], dtype=np.int64)
+        self._disk_rows = _rows_in_cache(self.index, cache)
 
     def __len__(self) -> int:
         n = len(self.paths)
@@ -267,6 +286,7 @@ class BinnedBatches:
         token_budget: int | None = None,
         policy: str = "skip",
         read_options: dict[str, Any] | None = None,
+        cache: Any = None,
         **sampler_options: Any,
     ) -> None:
         from bench.data.dbb import DBBBatchSampler
@@ -274,6 +294,16 @@ class BinnedBatches:
 
         if index["height"].isna().any() or index["width"].isna().any():
             raise DataError("batching: dbb needs image sizes (height/width) in the site index")
+        self.bad = BadImages()
+        unreadable = (index["height"] <= 0) | (index["width"] <= 0)
+        if unreadable.any():
+            # size -1: the header could not be read at indexing time, so the image cannot be binned
+            first = str(index.loc[unreadable, "path"].iloc[0])
+            if policy == "fail":
+                raise DataError(f"cannot read image {first}: unreadable header ({int(unreadable.sum())} such images)")
+            for path in index.loc[unreadable, "path"].astype(str):
+                self.bad.add(path, "unreadable header")
+            index = index[~unreadable]
         opts = dict(read_options or {})
         self._read = lambda path: read_image(path, **opts)
         self.index = index.reset_index(drop=True)
@@ -281,6 +311,8 @@ class BinnedBatches:
         self.patch, self.max_side, self.in_chans = patch, max_side, in_chans
         self.policy = policy
         self.mode = sampler_options.get("mode", "pad")
+        if len(self.index) == 0:
+            raise DataError("batching: dbb has no readable images to bin")
         self.sampler = DBBBatchSampler.from_sizes(
             self.index["height"].to_numpy(int),
             self.index["width"].to_numpy(int),
@@ -291,8 +323,11 @@ class BinnedBatches:
             seed=seed,
             **sampler_options,
         )
-        self.bad = BadImages()
         self.targets = None
+        # a native-resolution cache from `bench data prepare SITE --native` (pixels only; sizes
+        # for planning still come from the index, so cached and uncached runs bin identically)
+        self._disk = cache
+        self._disk_rows = _rows_in_cache(self.index, cache)
 
     def __len__(self) -> int:
         return len(self.sampler)
@@ -303,13 +338,16 @@ class BinnedBatches:
         path = self.paths[i]
         if path in self.bad.paths:
             return None
-        try:
-            img = self._read(path)
-        except DataError as exc:
-            if self.policy == "fail":
-                raise
-            self.bad.add(path, str(exc))
-            return None
+        if self._disk_rows[i] >= 0:
+            img = self._disk.native(int(self._disk_rows[i]))
+        else:
+            try:
+                img = self._read(path)
+            except DataError as exc:
+                if self.policy == "fail":
+                    raise
+                self.bad.add(path, str(exc))
+                return None
         t = (torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))[None] - GREY_MEAN) / GREY_STD
         t = resize_to_policy(t, max_side=self.max_side)
         return t.expand(self.in_chans, -1, -1) if self.in_chans != 1 else t

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from bench.data.labels import label_set
-from bench.train.data import BinnedBatches, ImageBatches, load_index, seeded_subset, site_read_options, source_kwargs
+from bench.train.data import BinnedBatches, ImageBatches, load_index, open_cache, seeded_subset, site_read_options, source_kwargs
 from bench.train.loop import OptimCfg, default_param_groups, fit
 
 if TYPE_CHECKING:
@@ -114,6 +114,7 @@ def run_pretrain(stage: "Stage", store: "Store", logger: "StageLogger", ctx: "Ru
             token_budget=b["token_budget"],
             policy=ctx.image_policy,
             read_options=site_read_options(site),
+            cache=open_cache(ctx.cache_root, site, p["site_options"], 0),
             **b["options"],
         )
         logger.text(f"DBB: {len(batches)} steps per epoch, {batches.sampler.bins.n_bins} bins, max side {b['max_side']} px")

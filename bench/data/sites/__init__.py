@@ -12,6 +12,7 @@ it is imported in `_load_builtin()` below.
 from __future__ import annotations
 
 import importlib
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -37,7 +38,7 @@ class DataError(Exception):
     """Bad or missing input data. The message names the file and what is wrong."""
 
 
-class Site:
+class Site(ABC):
     """Base class of a site adapter.
 
     Subclasses set `name`, `labels` (canonical names the site can provide) and
@@ -50,8 +51,9 @@ class Site:
     labels: ClassVar[tuple[str, ...]] = ()
     description: ClassVar[str] = ""
 
+    @abstractmethod
     def load_index(self, root: Path, **options: Any) -> pd.DataFrame:
-        raise NotImplementedError  # abstract
+        """The standard index of the dataset at `root` (see the module docstring)."""
 
 
 SITES: Registry[type[Site]] = Registry("site")

@@ -87,8 +87,22 @@ def drop_missing_files(df: pd.DataFrame, site: str, policy: str) -> pd.DataFrame
 
 def attach_sizes(df: pd.DataFrame) -> pd.DataFrame:
     """Fill `height`/`width` from each file's header (`bench.data.io.image_size`: PIL
-    reads only the header, DICOM is read without pixel data)."""
-    sizes = [image_size(Path(p)) for p in df["path"]]
+    reads only the header, DICOM is read without pixel data).
+
+    A file whose header cannot be read gets size -1 and a warning, rather than failing
+    the whole index: the run's image policy (skip with a count, or fail naming the
+    file) decides what happens when a stage reaches it.
+    """
+    sizes = []
+    bad: list[str] = []
+    for p in df["path"]:
+        try:
+            sizes.append(image_size(Path(p)))
+        except DataError:
+            sizes.append((-1, -1))
+            bad.append(str(p))
+    if bad:
+        log.warning("%d images with unreadable headers (size -1; handled by the image policy), e.g. %s", len(bad), bad[:3])
     df = df.copy()
     df["height"] = [h for h, _ in sizes]
     df["width"] = [w for _, w in sizes]
