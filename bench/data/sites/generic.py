@@ -10,8 +10,11 @@ The generic site itself is defined further down (`GenericSite`).
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -85,28 +88,81 @@ def drop_missing_files(df: pd.DataFrame, site: str, policy: str) -> pd.DataFrame
     return df.loc[exists].reset_index(drop=True)
 
 
+def size_cache_dir() -> Path:
+    """Where header-derived image sizes are remembered: `$BENCH_CACHE_DIR` or ~/.cache/medssl-bench."""
+    return Path(os.environ.get("BENCH_CACHE_DIR") or Path.home() / ".cache" / "medssl-bench") / "sizes"
+
+
+def _size_cache_file(paths: Sequence[str]) -> Path:
+    common = os.path.commonpath([str(Path(p).resolve().parent) for p in paths[:1000]] or ["/"])
+    return size_cache_dir() / f"{hashlib.sha256(common.encode()).hexdigest()[:16]}.parquet"
+
+
 def attach_sizes(df: pd.DataFrame) -> pd.DataFrame:
     """Fill `height`/`width` from each file's header (`bench.data.io.image_size`: PIL
     reads only the header, DICOM is read without pixel data).
+
+    Header reads cost ~0.2 ms per PNG (about 22 s for the 112,120 NIH images), and every
+    stage process indexes its sites, so sizes are remembered in a small parquet file
+    (`size_cache_dir()`) keyed by path, modification time and file size: a changed file
+    is read again, an unchanged one costs one `stat`.
 
     A file whose header cannot be read gets size -1 and a warning, rather than failing
     the whole index: the run's image policy (skip with a count, or fail naming the
     file) decides what happens when a stage reaches it.
     """
-    sizes = []
-    bad: list[str] = []
-    for p in df["path"]:
+    paths = [str(p) for p in df["path"]]
+    cache_file = _size_cache_file(paths) if paths else None
+    known: dict[str, tuple[int, int, int, int]] = {}
+    if cache_file is not None and cache_file.is_file():
         try:
-            sizes.append(image_size(Path(p)))
+            c = pd.read_parquet(cache_file)
+            known = {r.path: (r.mtime_ns, r.nbytes, r.height, r.width) for r in c.itertuples(index=False)}
+        except (OSError, ValueError, AttributeError):
+            known = {}  # an unreadable cache is rebuilt, never trusted
+    sizes: list[tuple[int, int]] = []
+    fresh: dict[str, tuple[int, int, int, int]] = {}
+    bad: list[str] = []
+    for p in paths:
+        try:
+            st = os.stat(p)
+        except OSError:
+            st = None
+        hit = known.get(p)
+        if st is not None and hit is not None and hit[0] == st.st_mtime_ns and hit[1] == st.st_size and hit[2] > 0:
+            sizes.append((hit[2], hit[3]))
+            continue
+        try:
+            h, w = image_size(Path(p))
         except DataError:
             sizes.append((-1, -1))
-            bad.append(str(p))
+            bad.append(p)
+            continue
+        sizes.append((h, w))
+        if st is not None:
+            fresh[p] = (st.st_mtime_ns, st.st_size, h, w)
     if bad:
         log.warning("%d images with unreadable headers (size -1; handled by the image policy), e.g. %s", len(bad), bad[:3])
+    if fresh and cache_file is not None:
+        _write_size_cache(cache_file, {**known, **fresh})
     df = df.copy()
     df["height"] = [h for h, _ in sizes]
     df["width"] = [w for _, w in sizes]
     return df
+
+
+def _write_size_cache(cache_file: Path, rows: Mapping[str, tuple[int, int, int, int]]) -> None:
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        frame = pd.DataFrame(
+            [(p, *v) for p, v in rows.items()], columns=["path", "mtime_ns", "nbytes", "height", "width"]
+        )
+        fd, tmp = tempfile.mkstemp(prefix=".sizes.", suffix=".tmp", dir=cache_file.parent)
+        os.close(fd)
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, cache_file)
+    except OSError as exc:  # a read-only home must not break indexing
+        log.warning("could not write the image-size cache %s: %s", cache_file, exc)
 
 
 def finish_index(df: pd.DataFrame, site: str, labels: Sequence[str]) -> pd.DataFrame:
