@@ -154,7 +154,10 @@ def build_plan(matrix: Matrix) -> Plan:
                 {**model, "pretrain": pcfg, "data": data_id},
                 [],
                 [e.pretrain.dataset],
-                f"{e.pretrain.method} on {e.pretrain.dataset} ({e.backbone}, init {e.init})",
+                f"{e.pretrain.method} on {e.pretrain.dataset}"
+                + (f" (random {e.pretrain.subset})" if e.pretrain.subset else "")
+                + (" with DBB" if e.pretrain.batching.mode == "dbb" else "")
+                + f" ({e.backbone}, init {e.init})",
                 {**model, "pretrain": _non_default(e.pretrain), "data": data_id},
             )
         fcfg = e.finetune.model_dump(mode="json")
