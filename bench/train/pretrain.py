@@ -72,6 +72,8 @@ def run_pretrain(stage: "Stage", store: "Store", logger: "StageLogger", ctx: "Ru
     classes = label_set(p["classes"]) if supervised else None
     logger.text(f"pre-training {p['method']} on {site}: {len(index)} images, backbone {cfg['backbone']}")
     init = resolve_init(cfg["init"])
+    # weights are initialised from a fixed seed: the same stage gives the same encoder in any process
+    torch.manual_seed(seed)
     dbb = p["batching"]["mode"] == "dbb"
     if dbb and supervised:
         raise ValueError("batching: dbb is for self-supervised pre-training; supervised uses fixed-size batches")

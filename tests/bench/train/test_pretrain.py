@@ -68,3 +68,29 @@ def test_dbb_with_a_method_that_cannot_pad_is_a_matrix_error(tmp_path: Path, dat
     rc, _ = _run(tmp_path, data, "{method: dino, dataset: nih, batching: {mode: dbb}}")
     assert rc == 2
     assert "experiments[0].pretrain: batching.mode 'dbb' needs a method" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_pretraining_is_reproducible_across_processes(tmp_path: Path, data: Path) -> None:
+    """The same pre-training stage run twice (local executor: fresh subprocesses) gives identical weights."""
+    encoders = []
+    for run in ("a", "b"):
+        m = tmp_path / f"{run}.yaml"
+        m.write_text(textwrap.dedent(f"""
+            name: r
+            data: {{root: {data}}}
+            defaults:
+              backbone: vit_tiny_demo
+              image_size: 32
+              pretrain: {{method: mae, dataset: nih, epochs: 1, batch_size: 16}}
+              finetune: {{dataset: nih, seeds: [0], epochs: 1, batch_size: 16}}
+              evaluate: [{{column: NIH, site: nih, split: test}}]
+            experiments: [{{id: x}}]
+        """))
+        results = tmp_path / run
+        assert main(["run", str(m), "--results", str(results), "--no-mlflow", "--no-report", "--executor", "local", "--max-parallel", "1"]) == 0
+        (pre,) = list((results / "store").glob("pretrain-*"))
+        encoders.append(torch.load(pre / "encoder.pt", weights_only=True))
+    assert encoders[0].keys() == encoders[1].keys()
+    for k in encoders[0]:
+        assert torch.equal(encoders[0][k], encoders[1][k]), k
