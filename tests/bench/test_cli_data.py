@@ -13,6 +13,22 @@ from bench.cli import main
 from bench.data.labels import HARMONISED5
 
 
+def _one_finetune_matrix(tmp_path: Path, data: Path) -> Path:
+    """A one-stage-chain matrix: a tiny ResNet fine-tuned on NIH for one epoch, evaluated on NIH test."""
+    m = tmp_path / "c.yaml"
+    m.write_text(textwrap.dedent(f"""
+        name: c
+        data: {{root: {data}}}
+        defaults:
+          backbone: resnet_tiny_demo
+          image_size: 32
+          finetune: {{dataset: nih, seeds: [0], epochs: 1, batch_size: 16}}
+          evaluate: [{{column: NIH, site: nih, split: test}}]
+        experiments: [{{id: a}}]
+    """))
+    return m
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("cli_data")
@@ -43,17 +59,7 @@ def test_prepared_cache_is_what_stages_read(data: Path, tmp_path: Path) -> None:
     # still succeeds with no skipped image read its pixels from the cache
     for png in (data / "nih").rglob("*.png"):
         png.write_bytes(png.read_bytes()[:64])
-    m = tmp_path / "c.yaml"
-    m.write_text(textwrap.dedent(f"""
-        name: c
-        data: {{root: {data}}}
-        defaults:
-          backbone: resnet_tiny_demo
-          image_size: 32
-          finetune: {{dataset: nih, seeds: [0], epochs: 1, batch_size: 16}}
-          evaluate: [{{column: NIH, site: nih, split: test}}]
-        experiments: [{{id: a}}]
-    """))
+    m = _one_finetune_matrix(tmp_path, data)
     assert main(["run", str(m), "--results", str(results), "--no-mlflow", "--executor", "inline", "--threads", "1"]) == 0
     (ft,) = list((results / "store").glob("finetune-*"))
     assert "reading pixels from the prepared cache" in (ft / "log.txt").read_text()
@@ -77,17 +83,7 @@ def test_corrupt_image_is_skipped_and_reported_or_fails_by_policy(tmp_path: Path
     train_list = (root / "nih" / "train_val_list.txt").read_text().split()
     victim = root / "nih" / "images" / train_list[0]
     victim.write_bytes(b"garbage, not a PNG")  # header and pixels unreadable
-    m = tmp_path / "c.yaml"
-    m.write_text(textwrap.dedent(f"""
-        name: c
-        data: {{root: {root}}}
-        defaults:
-          backbone: resnet_tiny_demo
-          image_size: 32
-          finetune: {{dataset: nih, seeds: [0], epochs: 1, batch_size: 16}}
-          evaluate: [{{column: NIH, site: nih, split: test}}]
-        experiments: [{{id: a}}]
-    """))
+    m = _one_finetune_matrix(tmp_path, root)
     results = tmp_path / "skip"
     assert main(["run", str(m), "--results", str(results), "--no-mlflow", "--executor", "inline"]) == 0
     (ft,) = list((results / "store").glob("finetune-*"))
