@@ -15,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 
+from bench import display_names as dn
 from bench.data.labels import resolve_classes
 from bench.execute import RunContext, RunSummary, make_executor
 from bench.matrix import Matrix
@@ -93,11 +94,14 @@ def build_manifest(plan: Plan, store: Store) -> pd.DataFrame:
                 "finetune_key": c.finetune_key,
                 "pretrain_key": c.pretrain_key or "",
                 "location": c.target.location,
-                "meta:Backbone": e.backbone,
-                "meta:Initialisation": e.init,
-                "meta:Pre-training": e.pretrain.method,
-                "meta:Pre-training dataset": e.pretrain.dataset or "-",
-                "meta:Fine-tuning": e.finetune.dataset,
+                # display names (bench.display_names): reports/ is torch-free and never sees the registries
+                "finetune_site": e.finetune.dataset,
+                "label": dn.experiment_label(e.id, e.backbone, e.pretrain.method, e.init, e.pretrain.dataset),
+                "meta:Backbone": dn.backbone_name(e.backbone),
+                "meta:Initialisation": dn.init_name(e.init),
+                "meta:Pre-training": dn.method_name(e.pretrain.method),
+                "meta:Pre-training dataset": dn.site_name(e.pretrain.dataset),
+                "meta:Fine-tuning": dn.site_name(e.finetune.dataset),
                 **_size_keys(e, c.pretrain_key, store),
             }
         )
@@ -113,7 +117,8 @@ def _size_keys(e: Any, pretrain_key: str | None, store: Store) -> dict[str, Any]
     if not size:
         return {}
     dbb = " + DBB" if e.pretrain.batching.mode == "dbb" else ""
-    return {"pretrain_size": int(size), "series": f"{e.pretrain.method.upper()} on {e.pretrain.dataset}{dbb} ({e.backbone})"}
+    series = f"{dn.method_name(e.pretrain.method)} on {dn.site_name(e.pretrain.dataset)}{dbb} ({dn.backbone_name(e.backbone)})"
+    return {"pretrain_size": int(size), "series": series}
 
 
 def token_frame(plan: Plan) -> pd.DataFrame | None:
