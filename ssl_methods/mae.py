@@ -20,8 +20,10 @@ No crop augmentation is applied when `valid` is given (padding geometry is fixed
 Deviations from the reference: views are made on-device with a bilinear
 (not bicubic) batched RandomResizedCrop; inputs are used as given (no ImageNet
 normalisation inside the method; the loop normalises pre-training and fine-tuning
-alike); the default decoder is lighter than the reference's 512-d x 8 for ViT-S and the
-CPU demo ViT (`default_decoder`).
+alike); the default decoder (`decoder: auto`) is lighter than the reference's 512-d x 8
+for ViT-S and the CPU demo ViT (`default_decoder`); `decoder: reference` restores it.
+The optimiser recipe (AdamW betas (0.9, 0.95), wd 0.05, no clipping, blr 1.5e-4 per
+256, 40 warm-up epochs) is `RECIPE`.
 """
 
 from __future__ import annotations
@@ -36,35 +38,55 @@ from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
 import backbones
+from ssl_methods import shard
 from ssl_methods.augment import random_resized_crop
 from ssl_methods.base import ConfigError, SSLMethod, parse_config
 from ssl_methods.patches import grid_pos_embed, patchify, sincos_2d
+from ssl_methods.recipe import Recipe
 from ssl_methods.registry import register_method
 
 
-def default_decoder(encoder_dim: int) -> tuple[int, int, int]:
+# (width, depth, heads) of the named decoders
+DECODERS: dict[str, tuple[int, int, int]] = {
+    # the reference decoder shared by MAE's ViT-B/L/H (models_mae.py mae_vit_*: decoder_embed_dim 512,
+    # decoder_depth 8, decoder_num_heads 16)
+    "reference": (512, 8, 16),
+    # the project's ViT-S choice (docs: MAE has no ViT-S recipe, mae#150): 256-d / 4 blocks / 8 heads
+    "light": (256, 4, 8),
+    # CPU demo encoders (< 384-d)
+    "tiny": (128, 2, 4),
+}
+
+
+def default_decoder(encoder_dim: int, decoder: str = "auto") -> tuple[int, int, int]:
     """(width, depth, heads) of the decoder when the config leaves them `None`.
 
-    The reference 512-d / 8 blocks / 16 heads (shared by MAE's ViT-B/L/H) for encoders
-    >= 768-d. MAE has no ViT-S recipe; with the 512x8 decoder a ViT-S step costs more
-    than SimMIM's full-token encoder (the decoder runs on all 197 tokens), which defeats
-    MAE's point, so ViT-S (384-d) gets a light 256-d / 4 blocks / 8 heads decoder (MAE
-    Table 1: shallow decoders cost little fine-tuning accuracy). Narrower (CPU demo)
-    encoders get 128-d / 2 blocks / 4 heads.
+    `decoder: auto` picks by encoder width: the reference 512-d / 8 blocks / 16 heads
+    (shared by MAE's ViT-B/L/H) for encoders >= 768-d. MAE has no ViT-S recipe; with the
+    512x8 decoder a ViT-S step costs more than SimMIM's full-token encoder (the decoder
+    runs on all 197 tokens), which defeats MAE's point, so ViT-S (384-d) gets the `light`
+    256-d / 4 blocks / 8 heads decoder (MAE Table 1: shallow decoders cost little
+    fine-tuning accuracy). Narrower (CPU demo) encoders get `tiny`, 128-d / 2 / 4.
+    `decoder: reference` (or `light`, `tiny`) asks for that decoder at any width.
     """
+    if decoder != "auto":
+        if decoder not in DECODERS:
+            raise ConfigError(f"mae: decoder must be 'auto' or one of {', '.join(DECODERS)}, got {decoder!r}")
+        return DECODERS[decoder]
     if encoder_dim >= 768:
-        return 512, 8, 16
+        return DECODERS["reference"]
     if encoder_dim >= 384:
-        return 256, 4, 8
-    return 128, 2, 4
+        return DECODERS["light"]
+    return DECODERS["tiny"]
 
 
 @dataclass
 class MAEConfig:
-    """MAE options; decoder fields left `None` follow `default_decoder`."""
+    """MAE options; decoder fields left `None` follow `default_decoder(dim, decoder)`."""
 
     mask_ratio: float = 0.75
     norm_pix_loss: bool = True
+    decoder: str = "auto"  # auto | reference (512x8) | light (256x4) | tiny (128x2)
     decoder_dim: int | None = None
     decoder_depth: int | None = None
     decoder_heads: int | None = None
@@ -80,6 +102,49 @@ class MAEConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.mask_ratio < 1.0:
             raise ConfigError(f"mae: mask_ratio must be in [0, 1), got {self.mask_ratio}")
+        if self.decoder != "auto" and self.decoder not in DECODERS:
+            raise ConfigError(f"mae: decoder must be 'auto' or one of {', '.join(DECODERS)}, got {self.decoder!r}")
+
+
+_MAE = "facebookresearch/mae"
+RECIPE = Recipe(
+    method="mae",
+    family="vit",
+    optimizer="adamw",
+    betas=(0.9, 0.95),
+    base_lr=1.5e-4,
+    lr_batch=256,
+    min_lr=0.0,
+    weight_decay=0.05,
+    weight_decay_end=None,
+    clip_grad=None,
+    clip_mode="global",
+    warmup_epochs=40,
+    epochs=800,
+    batch_size=4096,
+    lr_schedule="linear warm-up from 0, then half-cosine to min_lr, per iteration (util/lr_sched.py)",
+    sources={
+        "betas": f"{_MAE}:main_pretrain.py AdamW(param_groups, lr, betas=(0.9, 0.95))",
+        "base_lr": f"{_MAE}:PRETRAIN.md --blr 1.5e-4; main_pretrain.py lr = blr * eff_batch_size / 256",
+        "min_lr": f"{_MAE}:main_pretrain.py --min_lr default 0.",
+        "weight_decay": f"{_MAE}:PRETRAIN.md --weight_decay 0.05 (constant; add_weight_decay groups)",
+        "clip_grad": f"{_MAE}:engine_pretrain.py loss_scaler(..., clip_grad=None): no clipping",
+        "warmup_epochs": f"{_MAE}:PRETRAIN.md --epochs 800 --warmup_epochs 40",
+        "lr_schedule": f"{_MAE}:util/lr_sched.py adjust_learning_rate",
+        "mask_ratio": f"{_MAE}:PRETRAIN.md --mask_ratio 0.75",
+        "norm_pix_loss": f"{_MAE}:PRETRAIN.md --norm_pix_loss",
+        "decoder": f"{_MAE}:models_mae.py decoder 512-d x 8 blocks x 16 heads (ViT-B/L/H); no ViT-S recipe",
+        "fixed_pos_embed": f"{_MAE}:models_mae.py pos_embed requires_grad=False (sin-cos)",
+        "drop_path_rate": f"{_MAE}:models_mae.py (no drop path in pre-training)",
+        "crop_scale": f"{_MAE}:main_pretrain.py RandomResizedCrop(input_size, scale=(0.2, 1.0))",
+        "hflip": f"{_MAE}:main_pretrain.py RandomHorizontalFlip()",
+    },
+    notes=(
+        "ViT-S decoder: `decoder: auto` gives the project's light 256x4 for 384-d encoders; "
+        "`decoder: reference` gives the published 512x8x16",
+        "AMP: bf16 autocast (reference: fp16 + GradScaler)",
+    ),
+)
 
 
 class Masking(NamedTuple):
@@ -103,7 +168,7 @@ def random_masking(batch: int, length: int, ratio: float, valid: Tensor | None, 
     Image i keeps int(n_valid_i * (1 - ratio)) tokens (at least 1); padded tokens get
     noise 2.0 so they sort last and are never kept.
     """
-    noise = torch.rand(batch, length, device=device)
+    noise = shard.rand(batch, length, device=device)  # split-invariant under data parallelism
     if valid is None:
         n_valid = [length] * batch
     else:
@@ -149,6 +214,8 @@ class MAE(SSLMethod):
     name = "mae"
     supported_families = ("vit",)
     supports_valid_mask = True
+    recipes = {"vit": RECIPE}
+    config_class = MAEConfig
 
     def __init__(
         self, *, backbone: str, img_size: int, in_chans: int = 1, init: str | Path = "random", **cfg: Any
@@ -165,7 +232,7 @@ class MAE(SSLMethod):
         self.patch = int(enc.patch_embed.patch_size[0])
         grid = tuple(enc.patch_embed.grid_size)
         dim = int(enc.embed_dim)
-        auto_dim, auto_depth, auto_heads = default_decoder(dim)
+        auto_dim, auto_depth, auto_heads = default_decoder(dim, c.decoder)
         ddim = c.decoder_dim or auto_dim
         ddepth = c.decoder_depth or auto_depth
         dheads = c.decoder_heads or auto_heads

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 import backbones
+from ssl_methods import shard
 from ssl_methods.augment import random_resized_crop
 from ssl_methods.base import ConfigError, SSLMethod, parse_config
 from ssl_methods.patches import grid_pos_embed
@@ -58,7 +59,7 @@ def block_mask(batch: int, cells: tuple[int, int], ratio: float, upsample: int, 
     """
     n = cells[0] * cells[1]
     count = int(math.ceil(n * ratio))
-    order = torch.argsort(torch.rand(batch, n, device=device), dim=1)
+    order = torch.argsort(shard.rand(batch, n, device=device), dim=1)  # split-invariant under data parallelism
     mask = torch.zeros(batch, n, device=device)
     mask.scatter_(1, order[:, :count], 1.0)
     mask = mask.reshape(batch, cells[0], cells[1])
