@@ -32,6 +32,11 @@ def _add_results(p: argparse.ArgumentParser) -> None:
     p.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="results folder (store, reports, mlflow.db); default: %(default)s or $BENCH_RESULTS")
 
 
+def _add_slurm(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resources", action="append", default=[], metavar="KIND.KEY=VALUE", help="slurm: override a resource, e.g. pretrain.gpus_per_node=4 or all.partition=gpu (repeatable)")
+    p.add_argument("--slurm-config", default=None, help="slurm: user/site resource defaults (default $BENCH_SLURM_CONFIG or ~/.config/medssl-bench/slurm.yaml)")
+
+
 def _add_data_root(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", default=None, help="override the matrix's data.root (sites live in ROOT/<site>)")
 
@@ -67,12 +72,23 @@ def cmd_run(args: argparse.Namespace) -> int:
         image_policy=args.image_policy,
         report=not args.no_report,
         progress=not args.no_progress and sys.stderr.isatty(),
+        resource_layers=_resource_layers(args),
+        retry_failed=args.retry_failed,
+        wait=args.wait,
     )
     t0 = time.time()
     summary, plan, files = run_matrix(matrix, opts)
     dt = time.time() - t0
     total = len(plan.stages)
     print(f"\n== {matrix.path}: {total} stages in {dt:.1f}s ({args.executor} executor)")
+    if args.executor == "slurm" and not args.wait:
+        arrays = len({j.split("_")[0] for j in summary.submitted.values()})
+        print(f"   submitted {len(summary.submitted)} stages as {arrays} SLURM jobs/arrays; {len(summary.queued)} already queued or running; "
+              f"{len(summary.skipped)} done; {len(summary.failed)} failed (resubmit with --retry-failed); {len(summary.blocked)} blocked")
+        print(f"   follow with: bench status {matrix.path} --results {args.results}   (bench cancel ... to stop)")
+        for key, err in summary.failed.items():
+            print(f"   FAILED {key} ({plan.stages[key].label}): {err}")
+        return 1 if summary.failed else 0
     print(f"   ran {len(summary.ran)}, skipped {len(summary.skipped)} (already done), failed {len(summary.failed)}, blocked {len(summary.blocked)}")
     if not summary.ran and not summary.failed and not summary.blocked and not summary.interrupted:
         print("   nothing to do: every stage was already done")
@@ -95,6 +111,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if summary.ok else 1
 
 
+def _resource_layers(args: argparse.Namespace) -> tuple[dict, ...]:
+    """(user/site file, command line) resource layers; the matrix's own layer goes between them."""
+    from bench.execute.resources import ResourceError, load_user_config, parse_overrides
+
+    try:
+        user = load_user_config(Path(args.slurm_config) if getattr(args, "slurm_config", None) else None)
+        cli = parse_overrides(getattr(args, "resources", None))
+    except ResourceError as exc:
+        raise CLIError(str(exc)) from None
+    return (user, cli)
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     from bench.plan import build_plan, describe
     from bench.runner import store_of
@@ -102,27 +130,62 @@ def cmd_plan(args: argparse.Namespace) -> int:
     matrix = _load(args)
     plan = build_plan(matrix)
     store = store_of(args.results.resolve())
-    print(describe(plan, store.done_keys(list(plan.stages))))
+    done = store.done_keys(list(plan.stages))
+    print(describe(plan, done))
+    if args.executor == "slurm":
+        from bench.execute.plan_report import describe_cluster_plan
+
+        user, cli = _resource_layers(args)
+        print(describe_cluster_plan(plan, done, (user, matrix.resources, cli), gpu=args.gpu, mfu=args.mfu))
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from collections import Counter
-
+    from bench.execute.status import stage_states, format_status
     from bench.plan import build_plan
-    from bench.runner import store_of
+    from bench.runner import store_of, sync_tracking
+    from bench.tracking import default_tracking_uri
 
     matrix = _load(args)
     plan = build_plan(matrix)
-    store = store_of(args.results.resolve())
-    counts: Counter[str] = Counter()
-    for s in plan.ordered():
-        st = store.status(s.key)
-        state = "done" if store.is_done(s.key) else st.get("state", "pending")
-        counts[state] += 1
-        extra = f"  {st.get('error')}" if st.get("error") else ""
-        print(f"{state:12s} {s.key}  {s.label}{extra}")
-    print("totals: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    results = args.results.resolve()
+    store = store_of(results)
+    rows = stage_states(plan, store, results)
+    print(format_status(plan, rows, tail=args.tail))
+    uri = default_tracking_uri(results)
+    if any((store.root / s).joinpath("mlflow_events.jsonl").exists() for s in plan.stages):
+        counts = sync_tracking(results, uri)
+        if counts.get("stages"):
+            print(f"mlflow: imported {counts['events']} events of {counts['stages']} stages into {uri}")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    import fnmatch
+
+    from bench.execute.slurm import SlurmExecutor
+    from bench.plan import build_plan
+
+    matrix = _load(args)
+    plan = build_plan(matrix)
+    keys = [s.key for s in plan.ordered() if not args.stage or fnmatch.fnmatch(s.key, args.stage) or fnmatch.fnmatch(s.label, args.stage)]
+    ex = SlurmExecutor(args.results.resolve(), matrix_name=matrix.name)
+    cancelled = ex.cancel(keys)
+    print(f"cancelled {len(cancelled)} queued/running job(s) of {matrix.path}" + (f" matching {args.stage!r}" if args.stage else ""))
+    for r in cancelled:
+        print(f"  {r.job_id:>12s}  {r.key}  {r.label}")
+    return 0
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from bench.runner import sync_tracking
+    from bench.tracking import default_tracking_uri
+
+    results = args.results.resolve()
+    uri = args.tracking_uri or default_tracking_uri(results)
+    counts = sync_tracking(results, uri)
+    print(f"mlflow: imported {counts.get('events', 0)} events of {counts.get('stages', 0)} stages into {uri}"
+          + (f" (recovered {counts['recovered']} interrupted imports)" if counts.get("recovered") else ""))
     return 0
 
 
@@ -301,7 +364,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("matrix", type=Path)
     _add_results(r)
     _add_data_root(r)
-    r.add_argument("--executor", choices=["inline", "local"], default="local", help="local (submitit subprocesses, dependency-aware, parallel) or inline (this process, easiest to debug); default %(default)s")
+    r.add_argument("--executor", choices=["inline", "local", "slurm"], default="local", help="local (submitit subprocesses, dependency-aware, parallel), inline (this process, easiest to debug) or slurm (submit the whole DAG to SLURM and return); default %(default)s")
+    _add_slurm(r)
+    r.add_argument("--retry-failed", action="store_true", help="slurm: resubmit failed stages (and their dependants)")
+    r.add_argument("--wait", action="store_true", help="slurm: follow the jobs until all ended, then write the reports")
     r.add_argument("--max-parallel", type=int, default=max(1, min(4, os.cpu_count() or 1)), help="stages running at once with the local executor; default %(default)s (cores, at most 4)")
     r.add_argument("--tracking-uri", default=None, help="MLflow URI; default $MLFLOW_TRACKING_URI or sqlite:///RESULTS/mlflow.db")
     r.add_argument("--no-mlflow", action="store_true", help="do not track runs in MLflow")
@@ -324,6 +390,13 @@ def build_parser() -> argparse.ArgumentParser:
         _add_data_root(q)
         if name == "audit":
             q.add_argument("--csv", type=Path, default=None, help="also write the audit as CSV")
+        if name == "plan":
+            q.add_argument("--executor", choices=["inline", "local", "slurm"], default="local", help="slurm: also show the jobs, arrays, dependencies, resources and GPU-hours")
+            q.add_argument("--gpu", default="a100", help="device for the GPU-hour estimate (v100, a100, l40s, h100, h200, b200) or a bf16 peak in TFLOP/s; default %(default)s")
+            q.add_argument("--mfu", type=float, default=0.35, help="assumed model FLOP utilisation for the estimate; default %(default)s")
+            _add_slurm(q)
+        if name == "status":
+            q.add_argument("--tail", type=int, default=5, help="log lines shown for each failed stage; default %(default)s")
         if name == "report":
             q.add_argument("--tracking-uri", default=None, help="MLflow URI (default as for `bench run`)")
             q.add_argument("--no-mlflow", action="store_true", help="do not log the reports to MLflow")
@@ -370,6 +443,18 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--port", type=int, default=5000)
     ui.add_argument("--print-only", action="store_true", help="only print the command")
     ui.set_defaults(fn=cmd_ui)
+
+    c = sub.add_parser("cancel", help="cancel the queued/running SLURM jobs of a matrix")
+    c.add_argument("matrix", type=Path)
+    _add_results(c)
+    _add_data_root(c)
+    c.add_argument("--stage", default=None, help="only stages whose key or label matches this glob, e.g. 'pretrain-*' or '3.1 *'")
+    c.set_defaults(fn=cmd_cancel)
+
+    sy = sub.add_parser("sync", help="import the MLflow events that cluster jobs wrote into their stage folders (exactly once)")
+    _add_results(sy)
+    sy.add_argument("--tracking-uri", default=None, help="MLflow URI (default as for `bench run`)")
+    sy.set_defaults(fn=cmd_sync)
 
     # `bench dbb ...` is dispatched in main() to bench.dbb_report, which parses its own arguments
     sub.add_parser("dbb", help="batching-strategy benchmark on a CSV of image sizes (bench dbb --help)", add_help=False)

@@ -246,6 +246,7 @@ class Matrix(_Strict):
     data: DataCfg
     experiments: list[Experiment]
     reports: dict[str, Any] = Field(default_factory=dict)
+    resources: dict[str, dict[str, Any]] = Field(default_factory=dict)  # cluster resources per stage kind
 
     @property
     def reports_dir_name(self) -> str:
@@ -397,7 +398,7 @@ def load_matrix(path: str | Path) -> Matrix:
         raise MatrixError(f"{file}: not valid YAML: {exc}") from None
     if not isinstance(doc, dict):
         raise MatrixError(f"{file}: top level must be a mapping with keys name, defaults, experiments and/or grid")
-    allowed_top = {"name", "description", "data", "defaults", "experiments", "grid", "reports"}
+    allowed_top = {"name", "description", "data", "defaults", "experiments", "grid", "reports", "resources"}
     unknown = set(doc) - allowed_top
     if unknown:
         raise MatrixError(f"{file}: unknown top-level keys {sorted(unknown)}; allowed: {', '.join(sorted(allowed_top))}")
@@ -438,8 +439,15 @@ def load_matrix(path: str | Path) -> Matrix:
     rc = reports.get("reliability_column")
     if rc is not None and rc not in columns:
         raise MatrixError(f"{file}: reports.reliability_column: {rc!r} is not one of the evaluate columns {', '.join(sorted(columns))}")
+    from bench.execute.resources import ResourceError, validate_layer
+
+    try:
+        resources = validate_layer(doc.get("resources"), str(file))
+    except ResourceError as exc:
+        raise MatrixError(str(exc)) from None
     return Matrix(
         reports=reports,
+        resources=resources,
         name=str(doc.get("name") or file.stem),
         description=str(doc.get("description") or ""),
         path=file,

@@ -17,7 +17,9 @@ import pandas as pd
 
 from bench import display_names as dn
 from bench.data.labels import resolve_classes
-from bench.execute import RunContext, RunSummary, make_executor
+from bench.env import StageEnv, checkpoint_seconds_default
+from bench.execute import RunSummary, make_executor
+from bench.job import JobContext
 from bench.matrix import Matrix
 from bench.plan import Plan, build_plan
 from bench.store import Store
@@ -38,6 +40,9 @@ class RunOptions:
     report: bool = True
     progress: bool = True
     audit: bool = True
+    resource_layers: tuple[dict[str, dict[str, Any]], ...] = ()  # user file, matrix, command line (SLURM)
+    retry_failed: bool = False
+    wait: bool = False  # cluster executors: follow the jobs until the end, then write the reports
 
 
 def store_of(results: Path) -> Store:
@@ -227,23 +232,46 @@ def run_matrix(matrix: Matrix, opts: RunOptions) -> tuple[RunSummary, Plan, list
         )
         tracker.params(parent, {"matrix": str(matrix.path), "stages": len(stages), "executor": opts.executor})
         tracker.artifact(parent, matrix.path)
-    ctx = RunContext(
-        store_root=str(store.root),
-        tracking_uri=uri,
-        parent_run_id=parent,
+    env = StageEnv(
         device=opts.device,
         threads=opts.threads,
         progress=opts.progress,
         image_policy=opts.image_policy,
         cache_root=str(results / "cache"),
+        checkpoint_seconds=checkpoint_seconds_default(),
+    )
+    deferred = opts.executor == "slurm" and bool(uri) and str(uri).startswith("sqlite:")
+    ctx = JobContext(
+        store_root=str(store.root),
+        env=env,
+        tracking_uri=uri,
+        tracking_mode="deferred" if deferred else "direct",
+        parent_run_id=parent,
+        run_tags={"matrix": matrix.name},
     )
     started = time.time()
-    executor = make_executor(opts.executor, results, opts.max_parallel)
+    executor = make_executor(
+        opts.executor,
+        results,
+        opts.max_parallel,
+        **(
+            {"matrix_name": matrix.name, "resource_layers": (*opts.resource_layers[:1], matrix.resources, *opts.resource_layers[1:]), "retry_failed": opts.retry_failed}
+            if opts.executor == "slurm"
+            else {}
+        ),
+    )
     summary = RunSummary()
     files: list[Path] = []
     try:
         summary = executor.run(stages, ctx)
-        if opts.report:
+        if not executor.waits and opts.wait:
+            keys = [*summary.submitted, *summary.queued]
+            log.info("waiting for %d stage(s) on the cluster", len(keys))
+            executor.wait(keys, store, on_poll=(lambda: sync_tracking(results, uri)) if deferred else None)  # type: ignore[attr-defined]
+            summary = _after_wait(summary, store)
+        if deferred:
+            sync_tracking(results, uri)
+        if opts.report and (executor.waits or opts.wait):
             files = write_reports(plan, store, reports_dir(results, matrix), tracker, parent)
     finally:
         if tracker and parent:
@@ -253,6 +281,7 @@ def run_matrix(matrix: Matrix, opts: RunOptions) -> tuple[RunSummary, Plan, list
                     "stages_ran": len(summary.ran),
                     "stages_skipped": len(summary.skipped),
                     "stages_failed": len(summary.failed),
+                    "stages_submitted": len(summary.submitted),
                     "wall_seconds": time.time() - started,
                 },
             )
@@ -260,6 +289,29 @@ def run_matrix(matrix: Matrix, opts: RunOptions) -> tuple[RunSummary, Plan, list
             tracker.end(parent, status)
     _append_history(results, matrix, summary, time.time() - started, parent)
     return summary, plan, files
+
+
+def _after_wait(summary: RunSummary, store: Store) -> RunSummary:
+    """Turn a cluster run's submitted/queued stages into ran/failed once their jobs ended."""
+    for key in [*summary.submitted, *summary.queued]:
+        if store.is_done(key):
+            summary.ran.append(key)
+        else:
+            st = store.status(key)
+            if st.get("state") in ("failed", "interrupted", "requeued"):
+                summary.failed[key] = st.get("error") or st["state"]
+            else:
+                summary.blocked.append(key)
+    return summary
+
+
+def sync_tracking(results: Path, uri: str | None) -> dict[str, int]:
+    """Import the stages' deferred MLflow events (cluster runs on the SQLite store) exactly once."""
+    if not uri:
+        return {}
+    from bench.tracking import Tracker, import_events
+
+    return import_events(results / "store", Tracker(uri))
 
 
 def _append_history(results: Path, matrix: Matrix, summary: RunSummary, seconds: float, run_id: str | None) -> None:
@@ -272,6 +324,7 @@ def _append_history(results: Path, matrix: Matrix, summary: RunSummary, seconds:
         "failed": summary.failed,
         "blocked": len(summary.blocked),
         "interrupted": summary.interrupted,
+        "submitted": summary.submitted,
         "mlflow_run_id": run_id,
     }
     with open(results / "runs.jsonl", "a") as fh:

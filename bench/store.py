@@ -7,8 +7,18 @@ Layout: `<root>/<stage_key>/` holds `config.json` (the stage), `status.json`,
 Why this shape: a stage is *done* only when `status.json` says so AND every output it
 declared exists; outputs are written to a temporary name in the same directory and
 renamed (atomic on POSIX), so a crash or Ctrl-C never leaves a half-written file under
-a final name. A done stage is never rewritten: `write_output` refuses, which is what
-makes "a re-run never overwrites results" hold by construction.
+a final name. A done stage is never rewritten: `write_output` refuses and a done
+status cannot be replaced by any other state, which is what makes "a re-run never
+overwrites results" hold by construction.
+
+Claims: before a process runs a stage it takes the stage's lock (`claim`), an
+`O_CREAT|O_EXCL` file holding pid, host, SLURM job id and a token, refreshed by a
+heartbeat. Two `bench run`s on one results folder (or two matrices sharing a
+pre-training, or a SLURM job and a local run) therefore never execute one stage twice:
+the second waits for the holder or skips. A lock is stale when its holder is provably
+gone: a dead pid on this host, the same SLURM job restarted (requeue after a node
+failure), or no heartbeat for `stale_after` seconds (another host on a shared
+filesystem). A stale lock is broken by renaming it away, which exactly one taker wins.
 """
 
 from __future__ import annotations
@@ -17,12 +27,61 @@ import json
 import os
 import socket
 import tempfile
+import threading
 import time
+import uuid
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 STATUS = "status.json"
+LOCK = ".lock"
+HEARTBEAT_S = 30.0
+STALE_AFTER_S = float(os.environ.get("BENCH_LOCK_STALE_SECONDS", "600"))
+
+
+def slurm_job_id() -> str | None:
+    """This process's SLURM job id (array jobs: `<array>_<task>`), or None outside SLURM."""
+    if "SLURM_ARRAY_JOB_ID" in os.environ and "SLURM_ARRAY_TASK_ID" in os.environ:
+        return f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    return os.environ.get("SLURM_JOB_ID")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie still answers kill(0); it holds nothing any more
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+@dataclass
+class Claim:
+    """A held stage lock; `release()` (or leaving the `with`) gives it back."""
+
+    store: "Store"
+    key: str
+    token: str
+    _stop: threading.Event | None = None
+
+    def release(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+        self.store._release(self.key, self.token)
+
+    def __enter__(self) -> "Claim":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
 
 
 class StoreError(Exception):
@@ -58,6 +117,8 @@ class Store:
 
     def _write_status(self, key: str, **fields: Any) -> None:
         st = self.status(key)
+        if self.is_done(key) and fields.get("state") != "done":
+            raise StoreError(f"stage {key} is done; its status is final (refusing to set {fields.get('state')!r})")
         if st.get("state") in ("pending", "corrupt-status"):
             st = {}
         st.update(fields, updated=time.time(), host=socket.gethostname(), pid=os.getpid())
@@ -78,8 +139,81 @@ class Store:
             raise StoreError(f"stage {key}: cannot mark done, outputs missing: {missing}")
         self._write_status(key, state="done", finished=time.time(), outputs=outputs, **extra)
 
-    def mark_failed(self, key: str, error: str, state: str = "failed") -> None:
+    def mark_failed(self, key: str, error: str, state: str = "failed") -> bool:
+        """Record a failure/interruption; a done stage keeps its status (returns False then)."""
+        if self.is_done(key):
+            return False
         self._write_status(key, state=state, finished=time.time(), error=error)
+        return True
+
+    def update_status(self, key: str, **fields: Any) -> None:
+        """Add fields (provenance, run ids) to a stage's status without changing its state."""
+        fields.pop("state", None)
+        st = self.status(key)
+        if st.get("state") in ("pending", "corrupt-status"):
+            return
+        st.update(fields)
+        self._atomic_text(self.dir(key) / STATUS, json.dumps(st, indent=2, default=str))
+
+    # ------------------------------------------------------------------ claims
+    def lock_info(self, key: str) -> dict[str, Any] | None:
+        """The current holder of `key` (pid, host, job, started, age of heartbeat), or None."""
+        p = self.dir(key) / LOCK
+        try:
+            info = json.loads(p.read_text())
+            info["heartbeat_age"] = time.time() - p.stat().st_mtime
+            return info
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def lock_is_stale(self, info: dict[str, Any]) -> bool:
+        if info.get("host") == socket.gethostname() and not _pid_alive(int(info.get("pid", 0))):
+            return True
+        job = slurm_job_id()
+        if job and info.get("slurm_job") == job and int(info.get("pid", -1)) != os.getpid():
+            return True  # this very SLURM job was requeued: the earlier attempt is gone
+        return float(info.get("heartbeat_age", 0.0)) > STALE_AFTER_S
+
+    def claim(self, key: str, heartbeat: bool = True) -> Claim | None:
+        """Take the stage's lock, breaking a stale one; None when a live process holds it."""
+        d = self.dir(key)
+        d.mkdir(parents=True, exist_ok=True)
+        lock = d / LOCK
+        token = uuid.uuid4().hex
+        body = json.dumps(
+            {"pid": os.getpid(), "host": socket.gethostname(), "slurm_job": slurm_job_id(), "started": time.time(), "token": token}
+        )
+        for _ in range(3):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                info = self.lock_info(key)
+                if info is None:
+                    continue  # released between our open and read
+                if not self.lock_is_stale(info):
+                    return None
+                try:  # exactly one taker wins the rename
+                    os.rename(lock, d / f"{LOCK}.stale.{token}")
+                    os.unlink(d / f"{LOCK}.stale.{token}")
+                except FileNotFoundError:
+                    pass
+                continue
+            with os.fdopen(fd, "w") as fh:
+                fh.write(body)
+            stop = None
+            if heartbeat:
+                stop = threading.Event()
+                threading.Thread(target=_beat, args=(lock, token, stop), daemon=True, name=f"lock-{key}").start()
+            return Claim(self, key, token, stop)
+        return None
+
+    def _release(self, key: str, token: str) -> None:
+        lock = self.dir(key) / LOCK
+        try:
+            if json.loads(lock.read_text()).get("token") == token:
+                lock.unlink()
+        except (FileNotFoundError, json.JSONDecodeError):
+            pass
 
     # ------------------------------------------------------------------ files
     @contextmanager
@@ -99,16 +233,31 @@ class Store:
             if tmp_path.exists():
                 tmp_path.unlink()
 
-    def write_json(self, key: str, name: str, obj: Any) -> None:
-        with self.write_output(key, name) as tmp:
-            tmp.write_text(json.dumps(obj, indent=2, default=str))
-
     def path(self, key: str, name: str) -> Path:
         return self.dir(key) / name
 
     @staticmethod
     def _atomic_text(path: Path, text: str) -> None:
+        """Write-then-rename; on any failure (disk full, read-only) no temporary file is left behind."""
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(text)
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+
+
+def _beat(lock: Path, token: str, stop: threading.Event) -> None:
+    """Refresh the lock's mtime while its holder lives (other hosts judge staleness by it)."""
+    while not stop.wait(HEARTBEAT_S):
+        try:
+            if json.loads(lock.read_text()).get("token") != token:
+                return
+            os.utime(lock)
+        except (OSError, json.JSONDecodeError):
+            return

@@ -107,10 +107,19 @@ class Tracker:
         if items:
             _retry(lambda: self.client.log_batch(run_id, metrics=items), "log metrics")
 
-    def tags(self, run_id: str, tags: dict[str, str]) -> None:
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
 
         _retry(lambda: self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]), "set tags")
+
+    def resume(self, run_id: str) -> bool:
+        """Mark an earlier attempt's run RUNNING again so a resumed stage's curves stay one run."""
+        try:
+            _retry(lambda: self.client.update_run(run_id, status="RUNNING"), "resume run")
+            return True
+        except Exception as exc:  # the run was deleted or lives in another store
+            log.debug("cannot resume MLflow run %s: %s", run_id, exc)
+            return False
 
     def artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
         if path.is_dir():
@@ -154,3 +163,154 @@ class StageLogger:
         self.text(f"step {step}: " + ", ".join(f"{k}={v:.5g}" for k, v in values.items()))
         if self.tracker and self.run_id:
             self.tracker.metrics(self.run_id, values, step)
+
+
+class DeferredTracker:
+    """The `Tracker` interface, written as JSON lines into the stage folder instead of MLflow.
+
+    Why: SQLite on a shared filesystem breaks under hundreds of concurrent SLURM jobs.
+    Each job appends its own events (one file per stage, never shared), and
+    `import_events` replays them into MLflow exactly once from one process.
+    """
+
+    RUN_ID = "deferred"
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def _emit(self, **event: Any) -> None:
+        import json
+
+        event["ts"] = int(time.time() * 1000)
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(event, default=str) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def start(self, name: str, tags: dict[str, str] | None = None, parent: str | None = None) -> str:
+        self._emit(op="start", name=name, tags=dict(tags or {}), parent=parent)
+        return self.RUN_ID
+
+    def resume(self, run_id: str) -> bool:
+        if not self.path.exists():
+            return False
+        self._emit(op="resume")
+        return True
+
+    def params(self, run_id: str, params: dict[str, Any]) -> None:
+        self._emit(op="params", params=flatten(params))
+
+    def metrics(self, run_id: str, values: dict[str, float], step: int | None = None) -> None:
+        vals = {k: float(v) for k, v in values.items() if v is not None}
+        if vals:
+            self._emit(op="metrics", values=vals, step=step or 0)
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        self._emit(op="tags", tags={k: str(v) for k, v in tags.items()})
+
+    def artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+        self._emit(op="artifact", path=str(Path(path).resolve()), artifact_path=artifact_path)
+
+    def end(self, run_id: str, status: str = "FINISHED") -> None:
+        self._emit(op="end", status=status)
+
+
+EVENTS = "mlflow_events.jsonl"
+IMPORTED = "mlflow_events.imported.json"
+
+
+def import_events(store_root: Path, tracker: "Tracker", parent_of: Callable[[str], str | None] | None = None) -> dict[str, int]:
+    """Replay every stage's deferred MLflow events into `tracker`'s store, exactly once.
+
+    Per stage, `mlflow_events.imported.json` records how many lines are in MLflow and in
+    which run. It is written as `importing` before a batch and `imported` after it; a
+    crash in between leaves `importing`, and the next import deletes that run and
+    replays the whole file, so no event is lost or duplicated. Only one importer runs at
+    a time (a lock file in the store root). Events of a stage that is still running are
+    imported up to its last complete line and continued later in the same run.
+    """
+    import json
+
+    from mlflow.entities import Metric, Param, RunTag
+
+    store_root = Path(store_root)
+    counts = {"stages": 0, "events": 0, "runs_created": 0, "recovered": 0}
+    lock = store_root / ".mlflow_import.lock"
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        if time.time() - lock.stat().st_mtime < 600:
+            return counts  # another importer is at work; it will import these events
+        lock.unlink(missing_ok=True)
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    os.close(fd)
+    try:
+        for events in sorted(store_root.glob(f"*/{EVENTS}")):
+            stage_dir = events.parent
+            marker = stage_dir / IMPORTED
+            state = json.loads(marker.read_text()) if marker.exists() else {"lines": 0, "run_id": None, "state": "imported"}
+            lines = events.read_text().splitlines(keepends=True)
+            complete = [ln for ln in lines if ln.endswith("\n")]
+            if state["state"] == "importing":
+                if state.get("run_id"):
+                    try:
+                        _retry(lambda: tracker.client.delete_run(state["run_id"]), "delete partial run")
+                    except Exception as exc:
+                        log.debug("partial run %s already gone: %s", state["run_id"], exc)
+                state = {"lines": 0, "run_id": None, "state": "imported"}
+                counts["recovered"] += 1
+            new = complete[state["lines"] :]
+            if not new:
+                continue
+            run_id = state["run_id"]
+            _write_json(marker, {**state, "state": "importing"})
+            params: list[Param] = []
+            for ln in new:
+                ev = json.loads(ln)
+                op = ev["op"]
+                if op == "start" and run_id is None:
+                    tags = dict(ev["tags"])
+                    parent = ev.get("parent") or (parent_of(stage_dir.name) if parent_of else None)
+                    if parent:
+                        tags["mlflow.parentRunId"] = parent
+                    tags["bench.events"] = stage_dir.name
+                    run = _retry(lambda: tracker.client.create_run(tracker.experiment_id, tags=tags, run_name=ev["name"], start_time=ev["ts"]), "create run")
+                    run_id = run.info.run_id
+                    counts["runs_created"] += 1
+                    _write_json(marker, {"lines": state["lines"], "run_id": run_id, "state": "importing"})
+                elif run_id is None:
+                    continue
+                elif op == "params":
+                    have = {p.key for p in params}
+                    params.extend(Param(k, v) for k, v in ev["params"].items() if k not in have)
+                elif op == "metrics":
+                    items = [Metric(k, v, ev["ts"], ev["step"]) for k, v in ev["values"].items()]
+                    _retry(lambda: tracker.client.log_batch(run_id, metrics=items), "log metrics")
+                elif op == "tags":
+                    items_t = [RunTag(k, v) for k, v in ev["tags"].items()]
+                    _retry(lambda: tracker.client.log_batch(run_id, tags=items_t), "set tags")
+                elif op == "artifact" and Path(ev["path"]).exists():
+                    tracker.artifact(run_id, Path(ev["path"]), ev.get("artifact_path"))
+                elif op == "resume":
+                    _retry(lambda: tracker.client.update_run(run_id, status="RUNNING"), "resume run")
+                elif op == "end":
+                    _retry(lambda: tracker.client.set_terminated(run_id, status=ev["status"], end_time=ev["ts"]), "end run")
+                counts["events"] += 1
+            for i in range(0, len(params), 90):
+                chunk = params[i : i + 90]
+                _retry(lambda: tracker.client.log_batch(run_id, params=chunk), "log params")
+            _write_json(marker, {"lines": len(complete), "run_id": run_id, "state": "imported"})
+            counts["stages"] += 1
+    finally:
+        lock.unlink(missing_ok=True)
+    return counts
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    import json
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(json.dumps(obj))
+    os.replace(tmp, path)

@@ -1,7 +1,7 @@
 """Stage runners: pre-train, fine-tune, evaluate. One function per stage kind.
 
 Each runner receives its `Stage` (config + resolved data paths), the `Store` to write
-its outputs into, a `StageLogger`, and the `RunContext`; it returns the names of the
+its outputs into, a `StageLogger`, and the `StageEnv` (device, threads, image policy, caches); it returns the names of the
 outputs it wrote (the store checks they exist before marking the stage done) and a
 small summary dict that ends up in `status.json` and MLflow.
 """
@@ -11,13 +11,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from bench.execute import RunContext
+    from bench.env import StageEnv
     from bench.plan import Stage
     from bench.store import Store
     from bench.tracking import StageLogger
 
 
-def run_stage(stage: "Stage", store: "Store", logger: "StageLogger", ctx: "RunContext") -> tuple[list[str], dict[str, Any]]:
+def run_stage(stage: "Stage", store: "Store", logger: "StageLogger", env: "StageEnv") -> tuple[list[str], dict[str, Any]]:
     if stage.kind == "pretrain":
         from bench.train.pretrain import run_pretrain as fn
     elif stage.kind == "finetune":
@@ -26,4 +26,4 @@ def run_stage(stage: "Stage", store: "Store", logger: "StageLogger", ctx: "RunCo
         from bench.train.evaluate import run_evaluate as fn
     else:
         raise ValueError(f"unknown stage kind {stage.kind!r}")
-    return fn(stage, store, logger, ctx)
+    return fn(stage, store, logger, env)

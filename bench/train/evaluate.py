@@ -17,13 +17,13 @@ from bench.train.data import ImageBatches, load_index, source_kwargs
 from bench.train.finetune import pool_kwargs, predict, selection_score
 
 if TYPE_CHECKING:
-    from bench.execute import RunContext
+    from bench.env import StageEnv
     from bench.plan import Stage
     from bench.store import Store
     from bench.tracking import StageLogger
 
 
-def run_evaluate(stage: "Stage", store: "Store", logger: "StageLogger", ctx: "RunContext") -> tuple[list[str], dict[str, Any]]:
+def run_evaluate(stage: "Stage", store: "Store", logger: "StageLogger", env: "StageEnv") -> tuple[list[str], dict[str, Any]]:
     import backbones
     from reports.metrics import auc_per_class
 
@@ -40,7 +40,7 @@ def run_evaluate(stage: "Stage", store: "Store", logger: "StageLogger", ctx: "Ru
         **pool_kwargs({"pool": saved.get("pool", "default")}),
     )
     model.load_state_dict(saved["state_dict"])
-    model.to(torch.device(ctx.device))
+    model.to(torch.device(env.device))
     site = cfg["site"]
     index = load_index(site, stage.paths[site], cfg["site_options"], [cfg["split"]])
     batches = ImageBatches(
@@ -51,8 +51,8 @@ def run_evaluate(stage: "Stage", store: "Store", logger: "StageLogger", ctx: "Ru
         batch_size=64,
         seed=0,
         shuffle=False,
-        policy=ctx.image_policy,
-        **source_kwargs(site, cfg["site_options"], cfg["image_size"], ctx.cache_root),
+        policy=env.image_policy,
+        **source_kwargs(site, cfg["site_options"], cfg["image_size"], env.cache_root),
     )
     multiclass = saved.get("task", "multilabel") == "multiclass"
     probs, rows = predict(model, batches, multiclass)

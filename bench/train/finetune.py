@@ -18,7 +18,7 @@ from bench.train.loop import OptimCfg, default_param_groups, fit
 from bench.train.pretrain import masked_bce, resolve_init
 
 if TYPE_CHECKING:
-    from bench.execute import RunContext
+    from bench.env import StageEnv
     from bench.plan import Stage
     from bench.store import Store
     from bench.tracking import StageLogger
@@ -93,7 +93,7 @@ def finetune_sets(site: str, root: str, f: dict[str, Any], classes: list[str], s
     return train, val.reset_index(drop=True)
 
 
-def run_finetune(stage: "Stage", store: "Store", logger: "StageLogger", ctx: "RunContext") -> tuple[list[str], dict[str, Any]]:
+def run_finetune(stage: "Stage", store: "Store", logger: "StageLogger", env: "StageEnv") -> tuple[list[str], dict[str, Any]]:
     import backbones
 
     cfg = stage.config
@@ -123,8 +123,8 @@ def run_finetune(stage: "Stage", store: "Store", logger: "StageLogger", ctx: "Ru
         in_chans=cfg["in_chans"],
         classes=classes,
         seed=seed,
-        policy=ctx.image_policy,
-        **source_kwargs(site, f["site_options"], cfg["image_size"], ctx.cache_root),
+        policy=env.image_policy,
+        **source_kwargs(site, f["site_options"], cfg["image_size"], env.cache_root),
     )
     if common["cache"] is not None:
         logger.text(f"reading pixels from the prepared cache {common['cache'].root}")
@@ -172,9 +172,9 @@ def run_finetune(stage: "Stage", store: "Store", logger: "StageLogger", ctx: "Ru
         logger=logger,
         state=state,
         epoch_end=epoch_end,
-        progress=ctx.progress,
+        progress=env.progress,
         desc=f"finetune seed {seed}",
-        device=ctx.device,
+        device=env.device,
         precision=f.get("precision", "auto"),
         should_stop=(lambda: state["bad_epochs"] >= f["patience"]) if f.get("patience") else None,
     )

@@ -17,7 +17,7 @@ from bench.train.data import BinnedBatches, ImageBatches, load_index, open_cache
 from bench.train.loop import OptimCfg, default_param_groups, fit
 
 if TYPE_CHECKING:
-    from bench.execute import RunContext
+    from bench.env import StageEnv
     from bench.plan import Stage
     from bench.store import Store
     from bench.tracking import StageLogger
@@ -59,7 +59,7 @@ def masked_bce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return nn.functional.binary_cross_entropy_with_logits(logits[known], y[known])
 
 
-def run_pretrain(stage: "Stage", store: "Store", logger: "StageLogger", ctx: "RunContext") -> tuple[list[str], dict[str, Any]]:
+def run_pretrain(stage: "Stage", store: "Store", logger: "StageLogger", env: "StageEnv") -> tuple[list[str], dict[str, Any]]:
     import ssl_methods
 
     cfg = stage.config
@@ -114,9 +114,9 @@ def run_pretrain(stage: "Stage", store: "Store", logger: "StageLogger", ctx: "Ru
             seed=seed,
             batch_size=p["batch_size"],
             token_budget=b["token_budget"],
-            policy=ctx.image_policy,
+            policy=env.image_policy,
             read_options=site_read_options(site),
-            cache=open_cache(ctx.cache_root, site, p["site_options"], 0),
+            cache=open_cache(env.cache_root, site, p["site_options"], 0),
             **b["options"],
         )
         logger.text(f"DBB: {len(batches)} steps per epoch, {batches.sampler.bins.n_bins} bins, max side {b['max_side']} px")
@@ -128,9 +128,9 @@ def run_pretrain(stage: "Stage", store: "Store", logger: "StageLogger", ctx: "Ru
             classes=classes,
             batch_size=p["batch_size"],
             seed=seed,
-            policy=ctx.image_policy,
+            policy=env.image_policy,
             drop_last=True,
-            **source_kwargs(site, p["site_options"], cfg["image_size"], ctx.cache_root),
+            **source_kwargs(site, p["site_options"], cfg["image_size"], env.cache_root),
         )
 
     after = getattr(method, "after_step", None)
@@ -154,10 +154,10 @@ def run_pretrain(stage: "Stage", store: "Store", logger: "StageLogger", ctx: "Ru
         checkpoint=store.path(stage.key, "checkpoint.pt"),
         logger=logger,
         after_step=after,
-        progress=ctx.progress,
+        progress=env.progress,
         desc=f"pretrain {p['method']}",
         state={},
-        device=ctx.device,
+        device=env.device,
         precision=p.get("precision", "auto"),
     )
     if len(batches.bad):
