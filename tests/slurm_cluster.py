@@ -119,6 +119,7 @@ class SlurmCluster:
         real_memory_mb: int | None = None,
         partition: str = "debug",
         cluster_name: str = "medssltest",
+        node: str | None = None,
     ) -> None:
         """Prepare (not start) a cluster.
 
@@ -128,13 +129,16 @@ class SlurmCluster:
             allowed (``SlurmdParameters=config_overrides``) to run more small jobs concurrently.
         real_memory_mb: memory the node advertises (default: half of the physical memory, so that
             slurmd never finds less than configured and drains the node).
+        node: the node's (and controller's) name, default ``localhost``: it is what jobs see in
+            SLURM_JOB_NODELIST, and what submitit's TorchDistributedEnvironment uses as MASTER_ADDR,
+            so it must resolve on any machine (a CI container's hostname may not).
         """
         self._parent = Path(root) if root is not None else None
         self.cpus = int(cpus or os.cpu_count() or 1)
         self.real_memory_mb = int(real_memory_mb or max(256, _mem_total_mb() // 2))
         self.partition = partition
         self.cluster_name = cluster_name
-        self.node = socket.gethostname().split(".")[0]
+        self.node = node or "localhost"
         self.root: Path | None = None
         self.conf: Path | None = None
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
