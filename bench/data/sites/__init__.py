@@ -93,4 +93,12 @@ def check_index(df: pd.DataFrame, site: str) -> pd.DataFrame:
     bad = set(df["split"].unique()) - set(SPLITS)
     if bad:
         raise DataError(f"site {site!r}: unknown split values {sorted(bad)}; allowed {SPLITS}")
+    # Adapters resolve duplicates where they read their label files (`generic.drop_duplicate_images`),
+    # naming the file; this catches an adapter that forgot, before an image is trained on twice.
+    dup = df["image_id"].duplicated()
+    if dup.any():
+        raise DataError(
+            f"site {site!r}: {int(dup.sum())} image id(s) occur more than once in the index, "
+            f"e.g. {df.loc[dup, 'image_id'].drop_duplicates().tolist()[:3]}"
+        )
     return df

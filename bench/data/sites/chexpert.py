@@ -34,6 +34,7 @@ from bench.data.sites.generic import (
     attach_sizes,
     check_choice,
     check_options,
+    drop_duplicate_images,
     drop_missing_files,
     finish_index,
     log_step,
@@ -147,6 +148,11 @@ class CheXpertSite(Site):
         is_test = opts["split"] == "test"
         required = ("Path",) + (() if is_test else META_COLUMNS[3:])
         raw = read_csv(csv_path, self.name, required + CHEXPERT_LABELS)
+        # the image id is the Path without a release prefix, so two spellings of one image are one image
+        raw["_image_id"] = raw["Path"].astype(str).map(
+            lambda p: str(Path(*[q for q in Path(p).parts if q not in RELEASES]).with_suffix(""))
+        )
+        raw = drop_duplicate_images(raw, self.name, csv_path, key="_image_id", ignore=("Path",))
         paths = raw["Path"].astype(str)
         patients = paths.map(lambda p: m.group(0) if (m := _PATIENT_RE.search(p)) else None)
         if patients.isna().any():
@@ -161,7 +167,7 @@ class CheXpertSite(Site):
         view = np.where(frontal, ap_pa.astype(object).where(ap_pa.notna(), "frontal").astype(str), "L")
         df = pd.DataFrame(
             {
-                "image_id": paths.map(lambda p: str(Path(*[q for q in Path(p).parts if q not in RELEASES]).with_suffix(""))),
+                "image_id": raw["_image_id"],
                 "path": [str(layout.image_path(p, csv_path.parent)) for p in paths],
                 "patient_id": patients,
                 "split": opts["as_split"] or INDEX_SPLIT[opts["split"]],

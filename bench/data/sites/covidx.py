@@ -31,6 +31,7 @@ from bench.data.sites import DataError, Site, register_site
 from bench.data.sites.generic import (
     attach_sizes,
     check_options,
+    drop_duplicate_images,
     drop_missing_files,
     finish_index,
     log_step,
@@ -117,12 +118,10 @@ class CovidxSite(Site):
         for split, stem in SPLIT_FILES.items():
             path = root / f"{stem}_COVIDx_CT-{version}.txt"
             if path.is_file():
-                parts.append(parse_split_file(path).assign(split=split))
+                parts.append(parse_split_file(path).assign(split=split, _file=str(path)))
         df = pd.concat(parts, ignore_index=True)
-        dup = df["filename"].duplicated()
-        if dup.any():
-            twice = df.loc[dup, "filename"].tolist()[:3]
-            raise DataError(f"site 'covidx': {int(dup.sum())} slice(s) listed twice, e.g. {twice}")
+        # a slice listed twice with the same class, box and split is a copy; anything else conflicts
+        df = drop_duplicate_images(df, self.name, root, key="filename", file_col="_file")
         df["image_id"] = df["filename"].map(lambda f: Path(f).stem)
         return df, images
 

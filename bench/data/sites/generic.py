@@ -1,9 +1,9 @@
 """Generic folder site, and the small reading tools every adapter shares.
 
-The shared tools (`check_options`, `read_csv`, `attach_sizes`, `finish_index`,
-`log_step`, `drop_missing_files`) live here because the generic adapter is their most
-general user: it reads any image tree with an optional labels CSV. The dataset
-adapters (`nih`, `chexpert`, ...) import them from this module.
+The shared tools (`check_options`, `read_csv`, `drop_duplicate_images`, `attach_sizes`,
+`finish_index`, `log_step`, `drop_missing_files`) live here because the generic adapter
+is their most general user: it reads any image tree with an optional labels CSV. The
+dataset adapters (`nih`, `chexpert`, ...) import them from this module.
 
 The generic site itself is defined further down (`GenericSite`).
 """
@@ -70,6 +70,69 @@ def read_csv(path: Path, site: str, required: Sequence[str], **kwargs: Any) -> p
 def log_step(site: str, step: str, before: int, after: int) -> None:
     """Log how many rows a filtering step kept (every adapter logs every filter)."""
     log.info("site %s: %s: %d -> %d rows", site, step, before, after)
+
+
+def _names(files: Iterable[Any]) -> str:
+    names = sorted({str(f) for f in files})
+    return names[0] if len(names) == 1 else "{" + ", ".join(names) + "}"
+
+
+def drop_duplicate_images(
+    df: pd.DataFrame,
+    site: str,
+    source: str | Path | Sequence[str | Path],
+    *,
+    key: str | Sequence[str] = "image_id",
+    ignore: Sequence[str] = (),
+    file_col: str | None = None,
+) -> pd.DataFrame:
+    """The rows of a label table with each image listed once.
+
+    Every adapter passes the rows it read from its label file(s) (`source`, named in
+    messages; with several files, `file_col` holds each row's file so that messages
+    name only the files involved) through here before they become index rows,
+    because an image listed twice would otherwise enter training and evaluation
+    twice. Rows sharing `key` (the image id, or e.g. image id + reader) that are
+    identical in every other column but `ignore` and `file_col` are copies: all but
+    the first are dropped and the count is logged. Rows sharing `key` that disagree
+    (other labels, split, patient...) cannot be resolved without guessing: a
+    `DataError` names the file(s), the number of such image ids, a few of them and
+    the columns that differ.
+    """
+    keys = [key] if isinstance(key, str) else list(key)
+    repeated = df.duplicated(keys, keep=False)
+    if not repeated.any():
+        return df
+    skip = {*ignore, *([file_col] if file_col else [])}
+    compare = [c for c in df.columns if c not in skip]
+
+    def where(rows: pd.Series) -> str:
+        if file_col is not None:
+            return _names(df.loc[rows, file_col])
+        return _names([source] if isinstance(source, (str, Path)) else source)
+
+    distinct = df.loc[repeated, compare].drop_duplicates()  # NaN equals NaN here: blank labels compare equal
+    conflict = distinct.duplicated(keys, keep=False)
+    if conflict.any():
+        clash = distinct[conflict]
+        ids = clash[keys].drop_duplicates()
+        first = clash.merge(ids.head(1), on=keys)
+        differ = [c for c in compare if c not in keys and first[c].astype(str).nunique(dropna=False) > 1]
+        rows = repeated & df.set_index(keys).index.isin(ids.set_index(keys).index)
+        examples = [v[0] if len(v) == 1 else v for v in ids.head(3).itertuples(index=False, name=None)]
+        raise DataError(
+            f"site {site!r}: {where(rows)}: {len(ids)} image id(s) listed more than once with conflicting "
+            f"values ({int(rows.sum())} rows), e.g. {examples} (the first differs in {differ}); "
+            "remove or correct the duplicate rows"
+        )
+    copy = df.duplicated(compare)
+    ids = df.loc[copy, keys].drop_duplicates()
+    examples = [v[0] if len(v) == 1 else v for v in ids.head(3).itertuples(index=False, name=None)]
+    log.warning(
+        "site %s: %s: dropped %d identical duplicate row(s) of %d image id(s), e.g. %s",
+        site, where(repeated), int(copy.sum()), len(ids), examples,
+    )
+    return df.loc[~copy].reset_index(drop=True)
 
 
 def drop_missing_files(df: pd.DataFrame, site: str, policy: str) -> pd.DataFrame:
@@ -304,10 +367,9 @@ class GenericSite(Site):
             labels = tuple(opts["label_cols"] if opts["label_cols"] is not None else [c for c in table.columns if c not in used])
             for c in labels:
                 table[c] = _binary_column(table[c], f"{csv_path}: label column {c!r}")
-        rel = table[opts["image_col"]].astype(str).map(lambda r: Path(r).as_posix())  # Path drops a leading ./
-        dup = rel.duplicated()
-        if dup.any():
-            raise DataError(f"{csv_path}: {int(dup.sum())} image(s) listed twice, e.g. {rel[dup].tolist()[:3]}")
+        table["_rel"] = table[opts["image_col"]].astype(str).map(lambda r: Path(r).as_posix())  # Path drops a leading ./
+        table = drop_duplicate_images(table, self.name, csv_path, key="_rel", ignore=(opts["image_col"],))
+        rel = table["_rel"]
         side = {"patient_col": "_patient", "split_col": "_split", "view_col": "_view"}
         listed = pd.DataFrame(
             {

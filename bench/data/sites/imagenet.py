@@ -25,7 +25,16 @@ from typing import Any
 import pandas as pd
 
 from bench.data.sites import DataError, Site, register_site
-from bench.data.sites.generic import attach_sizes, check_choice, check_options, finish_index, log_step, read_csv, require_dir
+from bench.data.sites.generic import (
+    attach_sizes,
+    check_choice,
+    check_options,
+    drop_duplicate_images,
+    finish_index,
+    log_step,
+    read_csv,
+    require_dir,
+)
 
 WNID_RE = re.compile(r"^n\d{8}$")
 SUFFIXES = frozenset({".jpeg", ".jpg", ".png"})
@@ -84,6 +93,8 @@ class ImageNetSite(Site):
             path=df["file"],
             view="natural",
         )
+        # one image id per file stem and split: the same stem in two class folders (or as .JPEG and .png) conflicts
+        df = drop_duplicate_images(df, self.name, [base / s for s in splits], key="image_id")
         df["patient_id"] = df["image_id"]
         log_step(self.name, f"images in {splits}", len(df), len(df))
         wnids = tuple(sorted(df["wnid"].unique())) if opts["labels"] else ()
@@ -99,7 +110,10 @@ class ImageNetSite(Site):
         if solution is None:
             raise DataError(f"site 'imagenet': {folder} has no class folders and no {VAL_SOLUTION} in {root}")
         table = read_csv(solution, self.name, ("ImageId", "PredictionString"))
-        wnid_of = {str(i): str(s).split()[0] for i, s in zip(table["ImageId"], table["PredictionString"])}
+        # the class is the first token; several boxes of one class in two rows are the same label
+        table = pd.DataFrame({"ImageId": table["ImageId"].astype(str), "wnid": table["PredictionString"].astype(str).str.split().str[0]})
+        table = drop_duplicate_images(table, self.name, solution, key="ImageId")
+        wnid_of = dict(zip(table["ImageId"], table["wnid"]))
         rows = []
         for f in _images(folder):
             if f.stem not in wnid_of:

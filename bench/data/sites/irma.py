@@ -31,6 +31,7 @@ from bench.data.sites.generic import (
     attach_sizes,
     check_choice,
     check_options,
+    drop_duplicate_images,
     drop_missing_files,
     finish_index,
     log_step,
@@ -107,6 +108,8 @@ class IrmaSite(Site):
             paths = [str(images / f"{i}.png") for i in table["image_id"]]
             frames.append(table.assign(split=split, path=paths, _csv=str(root / csv_name)))
         df = pd.concat(frames, ignore_index=True)
+        # one image id, one row: across the train and test CSVs too (path and CSV follow the split)
+        df = drop_duplicate_images(df, self.name, root, key="image_id", ignore=("path",), file_col="_csv")
         parts = df["irma_code"].str.extract(CODE_RE)
         df["view"] = parts[1].map(view_of)
         df["image_id"] = df["image_id"].astype(str)

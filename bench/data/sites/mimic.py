@@ -30,6 +30,7 @@ from bench.data.sites.chexpert import BLANK_POLICIES, CHEXPERT_LABELS, UNCERTAIN
 from bench.data.sites.generic import (
     check_choice,
     check_options,
+    drop_duplicate_images,
     drop_missing_files,
     finish_index,
     log_step,
@@ -82,13 +83,15 @@ class MIMICSite(Site):
         check_choice(self.name, "uncertainty", opts["uncertainty"], UNCERTAINTY_POLICIES)
         check_choice(self.name, "blank", opts["blank"], BLANK_POLICIES)
         root = require_dir(self.name, root)
-        meta = read_csv(table_path(root, "metadata"), self.name, METADATA_COLUMNS, dtype={"dicom_id": str})
-        split = read_csv(table_path(root, "split"), self.name, SPLIT_COLUMNS, dtype={"dicom_id": str})
+        meta_path, split_path = table_path(root, "metadata"), table_path(root, "split")
+        meta = read_csv(meta_path, self.name, METADATA_COLUMNS, dtype={"dicom_id": str})
+        meta = drop_duplicate_images(meta, self.name, meta_path, key="dicom_id")
+        split = read_csv(split_path, self.name, SPLIT_COLUMNS, dtype={"dicom_id": str})
+        split = drop_duplicate_images(split, self.name, split_path, key="dicom_id")
         labels_path = table_path(root, opts["labeler"])
         labels = read_csv(labels_path, self.name, LABEL_KEYS + CHEXPERT_LABELS)
-        dup = labels.duplicated(list(LABEL_KEYS))
-        if dup.any():
-            raise DataError(f"{labels_path}: {int(dup.sum())} duplicate (subject_id, study_id) rows")
+        # labels are per study: a study listed twice is the same kind of duplicate
+        labels = drop_duplicate_images(labels, self.name, labels_path, key=list(LABEL_KEYS))
         bad_split = sorted(set(split["split"].astype(str)) - set(SPLIT_NAMES))
         if bad_split:
             raise DataError(f"{table_path(root, 'split')}: unknown split values {bad_split}; expected {list(SPLIT_NAMES)}")

@@ -31,6 +31,7 @@ from bench.data.sites import DataError, Site, register_site
 from bench.data.sites.generic import (
     attach_sizes,
     check_options,
+    drop_duplicate_images,
     drop_missing_files,
     finish_index,
     log_step,
@@ -149,7 +150,8 @@ class NIHSite(Site):
         raise DataError(f"site 'nih': none of {CSV_NAMES} found in {root}")
 
     def _csv(self, root: Path) -> pd.DataFrame:
-        return read_csv(self._csv_path(root), self.name, REQUIRED_COLUMNS)
+        path = self._csv_path(root)
+        return drop_duplicate_images(read_csv(path, self.name, REQUIRED_COLUMNS), self.name, path, key="Image Index")
 
     def _rows(self, csv: pd.DataFrame, images: Mapping[str, Path], root: Path) -> pd.DataFrame:
         csv_path = self._csv_path(root)
@@ -185,11 +187,9 @@ class NIHSite(Site):
         if not isinstance(split_files, Mapping) or not split_files:
             raise DataError(f"site 'nih': split_files must map split names to files, got {split_files!r}")
         views: dict[str, str] = {}
-        try:
+        if any((root / name).is_file() for name in CSV_NAMES):  # optional here: it only contributes the view
             csv = self._csv(root)
             views = dict(zip(csv["Image Index"].astype(str), csv["View Position"].astype(str)))
-        except DataError:
-            pass  # the CSV is optional here: it only contributes the view
         rows = []
         for split, rel in split_files.items():
             path = root / rel
@@ -216,7 +216,8 @@ class NIHSite(Site):
                         "patient_id": m.group(1),
                         "split": split,
                         "view": views.get(file, "unknown"),
+                        "_file": str(path),
                         **dict(zip(NIH_LABEL_ORDER, values)),
                     }
                 )
-        return pd.DataFrame(rows)
+        return drop_duplicate_images(pd.DataFrame(rows), self.name, root, key="image_id", file_col="_file")

@@ -18,7 +18,15 @@ from typing import Any
 import pandas as pd
 
 from bench.data.sites import DataError, Site, register_site
-from bench.data.sites.generic import attach_sizes, check_choice, check_options, finish_index, log_step, require_dir
+from bench.data.sites.generic import (
+    attach_sizes,
+    check_choice,
+    check_options,
+    drop_duplicate_images,
+    finish_index,
+    log_step,
+    require_dir,
+)
 
 OCT_CLASSES: tuple[str, ...] = ("CNV", "DME", "DRUSEN", "NORMAL")
 FOLDERS: tuple[str, ...] = ("OCT2017", "OCT2017 ")
@@ -91,6 +99,8 @@ class OCTSite(Site):
         if not rows:
             raise DataError(f"site 'oct': no <CLASS>-<patient>-<n>.jpeg images under {base}")
         df = pd.DataFrame(rows)
+        # e.g. CNV-1-1.jpeg next to CNV-1-1.jpg: two files for one image id
+        df = drop_duplicate_images(df, self.name, [base / SPLIT_FOLDERS[s] for s in splits], key="image_id")
         log_step(self.name, f"images in {splits}", len(df), len(df))
         df = attach_sizes(df)
         return finish_index(df, self.name, OCT_CLASSES)

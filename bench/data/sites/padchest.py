@@ -45,6 +45,7 @@ import pandas as pd
 from bench.data.io import image_size
 from bench.data.labels import NIH14
 from bench.data.sites import INDEX_COLUMNS, SPLITS, DataError, Site, check_index, register_site
+from bench.data.sites.generic import drop_duplicate_images
 
 log = logging.getLogger(__name__)
 
@@ -344,6 +345,7 @@ class PadChest(Site):
         csv_path = find_csv(root, options.get("csv"))
         df = read_labels_csv(csv_path)
         log.info("padchest: %s: %d rows", csv_path.name, len(df))
+        df = drop_duplicate_images(df, self.name, csv_path, key="ImageID")
         df = select_rows(
             df,
             projections=options.get("projections"),

@@ -15,8 +15,10 @@ Train aggregation over readers (option ``aggregation``): ``majority`` (default; 
 label is positive when strictly more than half of the image's readers marked it,
 i.e. 2 of 3) or ``any`` (positive when at least one reader did; the union that
 torchxrayvision's loader builds). The two differ a lot for rare findings
-(Atelectasis: 62 vs 186 train images). A test CSV with several rows per image is
-aggregated the same way.
+(Atelectasis: 62 vs 186 train images). A test CSV with a ``rad_id`` column is
+aggregated the same way. Duplicate rows (the same ``image_id, rad_id``, or the same
+``image_id`` in a test CSV without readers) are dropped when identical and a
+`DataError` when they disagree (`generic.drop_duplicate_images`).
 
 VinDr has no patient identifiers, so ``patient_id`` is the image id, and only the
 official split exists (``train``/``test``; option ``splits`` picks which). Every image
@@ -41,6 +43,7 @@ from bench.data.sites.generic import (
     attach_sizes,
     check_choice,
     check_options,
+    drop_duplicate_images,
     drop_missing_files,
     finish_index,
     log_step,
@@ -114,6 +117,10 @@ def read_split(root: Path, split: str, aggregation: str) -> pd.DataFrame:
     """Rows ``image_id, split`` + canonical labels for one official split."""
     path = find_label_file(root, split)
     df = read_csv(path, "vindr", ["image_id"], dtype={"image_id": str})
+    if "rad_id" in df.columns:  # one row per (image, reader)
+        df = drop_duplicate_images(df, "vindr", path, key=["image_id", "rad_id"])
+    elif split == "test":  # the consensus: one row per image
+        df = drop_duplicate_images(df, "vindr", path, key="image_id")
     needed = [c for c in VINDR_TO_LABEL]
     missing = [c for c in needed if c not in df.columns]
     if missing:

@@ -150,3 +150,23 @@ def test_generated_train_has_uncertain_and_blank_values(synthetic: Path) -> None
     ones = get_site("chexpert").load_index(synthetic, split="train", uncertainty="ones")
     n_unc = int((raw["Edema"] == -1.0).sum())
     assert int(ones["Edema"].eq(1.0).sum()) - int(ignore["Edema"].eq(1.0).sum()) == n_unc
+
+
+def test_duplicate_rows_dropped_when_identical_rejected_when_conflicting(
+    tiny: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 14.6. The same image under another Path spelling (no release prefix) is the same image."""
+    site = get_site("chexpert")
+    csv = tiny / "CheXpert-v1.0-small" / "train.csv"
+    df = pd.read_csv(csv)
+    copy = df.iloc[[0]].assign(Path=df["Path"].iloc[0].removeprefix("CheXpert-v1.0-small/"))
+    pd.concat([df, df.iloc[[1]], copy]).to_csv(csv, index=False)
+    with caplog.at_level("WARNING"):
+        idx = site.load_index(tiny, split="train", uncertainty="ones")
+    assert idx["image_id"].is_unique and len(idx) == 3
+    assert "train.csv: dropped 2 identical duplicate row(s) of 2 image id(s)" in caplog.text
+
+    # -1 and 0 both become 0 under `zeros`; the raw rows still disagree, and that is what counts
+    pd.concat([df, df.iloc[[0]].assign(Atelectasis=0.0)]).to_csv(csv, index=False)
+    with pytest.raises(DataError, match=r"train.csv: 1 image id\(s\).*conflicting.*patient00001/study1/view1_frontal.*Atelectasis"):
+        site.load_index(tiny, split="train", uncertainty="zeros")

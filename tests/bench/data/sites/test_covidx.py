@@ -92,3 +92,25 @@ def test_patient_map_and_errors(root: Path, tmp_path: Path) -> None:
     (broken / "val_COVIDx_CT-3A.txt").write_text("only_two_fields.png 1\n")
     with pytest.raises(DataError, match=r"line 1: expected '<filename> <class>"):
         site.load_index(broken)
+
+
+def test_duplicate_slices_dropped_when_identical_rejected_when_conflicting(
+    root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 14.6: a slice listed twice (same line), or in two split files / under two classes."""
+    site = get_site("covidx")
+    expected = site.load_index(root)
+    dup = tmp_path / "dup"
+    shutil.copytree(root, dup)
+    train = (dup / "train_COVIDx_CT-3A.txt").read_text().splitlines()
+    with (dup / "train_COVIDx_CT-3A.txt").open("a") as fh:
+        fh.write(train[0] + "\n")
+    with caplog.at_level("WARNING"):
+        assert site.load_index(dup).drop(columns="path").equals(expected.drop(columns="path"))
+    assert "dropped 1 identical duplicate row(s) of 1 image id(s)" in caplog.text
+    name, label, *box = train[0].split()
+    (dup / "train_COVIDx_CT-3A.txt").write_text("\n".join(train) + "\n")
+    with (dup / "test_COVIDx_CT-3A.txt").open("a") as fh:
+        fh.write(f"{name} {(int(label) + 1) % 3} {' '.join(box)}\n")
+    with pytest.raises(DataError, match=rf"test_COVIDx_CT-3A.txt.*1 image id\(s\) listed more than once.*{name}.*'label', 'split'"):
+        site.load_index(dup)

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pydicom
 import pytest
 from PIL import Image
@@ -117,3 +118,29 @@ def test_errors(tmp_path: Path) -> None:
         site.load_index(tmp_path, patient_pattern=r"P\d+")
     with pytest.raises(DataError, match=r"unknown option\(s\) \['csv'\]"):
         site.load_index(tmp_path, csv="labels.csv")
+
+
+def test_csv_duplicates_dropped_when_identical_rejected_when_conflicting(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 14.6: `./a.png` and `a.png` name one image; listed twice it is dropped or rejected."""
+    _png_tree(tmp_path)
+    site = get_site("generic")
+    (tmp_path / "labels.csv").write_text("image,finding\nsite_a/P1/img1.png,1\n./site_a/P1/img1.png,1\nsite_a/P2/img1.png,0\n")
+    with caplog.at_level("WARNING"):
+        df = site.load_index(tmp_path, labels_csv="labels.csv")
+    assert df["image_id"].tolist() == ["site_a/P1/img1", "site_a/P2/img1"] and df["finding"].tolist() == [1.0, 0.0]
+    assert "labels.csv: dropped 1 identical duplicate row(s) of 1 image id(s), e.g. ['site_a/P1/img1.png']" in caplog.text
+    (tmp_path / "labels.csv").write_text("image,finding\nsite_a/P1/img1.png,1\nsite_a/P2/img1.png,0\n./site_a/P1/img1.png,\n")
+    with pytest.raises(DataError, match=r"labels.csv: 1 image id\(s\) .*conflicting.*\(2 rows\).*site_a/P1/img1.png.*'finding'"):
+        site.load_index(tmp_path, labels_csv="labels.csv")
+
+
+def test_check_index_rejects_an_image_id_twice(tmp_path: Path) -> None:
+    """The backstop for an adapter that forgot `drop_duplicate_images`."""
+    from bench.data.sites import check_index
+
+    _png_tree(tmp_path)
+    df = get_site("generic").load_index(tmp_path)
+    with pytest.raises(DataError, match=r"site 'generic': 1 image id\(s\) occur more than once in the index, e.g. \['site_a/P1/img1'\]"):
+        check_index(pd.concat([df, df.iloc[[0]]], ignore_index=True), "generic")

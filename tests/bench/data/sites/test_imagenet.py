@@ -94,3 +94,29 @@ def test_errors(root: Path, tmp_path: Path) -> None:
         site.load_index(bad)
     with pytest.raises(DataError, match="requested split folder"):
         site.load_index(root / "train" / WNIDS[0], splits=["train"])
+
+
+def test_duplicate_images_and_solution_rows(root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 14.6: one file stem in two class folders; one val image twice in LOC_val_solution.csv."""
+    dup = tmp_path / "dup"
+    shutil.copytree(root, dup)
+    scan = sorted((dup / "train" / WNIDS[0]).glob("*.JPEG"))[0]
+    shutil.copy(scan, dup / "train" / WNIDS[1] / scan.name)
+    with pytest.raises(DataError, match=rf"1 image id\(s\) listed more than once.*'train/{scan.stem}'.*'wnid'"):
+        get_site("imagenet").load_index(dup, splits=["train"])
+
+    flat = tmp_path / "flat"
+    shutil.copytree(root / "train", flat / "train")
+    (flat / "val").mkdir()
+    val = sorted((root / "val").rglob("*.JPEG"))
+    for f in val:
+        shutil.copy(f, flat / "val" / f.name)
+    lines = ["ImageId,PredictionString"] + [f"{f.stem},{f.parent.name} 1 2 30 40" for f in val]
+    (flat / "LOC_val_solution.csv").write_text("\n".join([*lines, f"{val[0].stem},{val[0].parent.name} 5 6 7 8"]) + "\n")
+    with caplog.at_level("WARNING"):
+        got = get_site("imagenet").load_index(flat, splits=["val"], labels=True)
+    assert len(got) == len(val) and "LOC_val_solution.csv: dropped 1 identical duplicate row(s)" in caplog.text
+    other = WNIDS[1] if val[0].parent.name != WNIDS[1] else WNIDS[0]
+    (flat / "LOC_val_solution.csv").write_text("\n".join([*lines, f"{val[0].stem},{other} 1 2 3 4"]) + "\n")
+    with pytest.raises(DataError, match=rf"LOC_val_solution.csv: 1 image id\(s\).*conflicting.*'{val[0].stem}'.*'wnid'"):
+        get_site("imagenet").load_index(flat, splits=["val"])

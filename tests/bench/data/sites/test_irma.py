@@ -89,3 +89,29 @@ def test_errors(root: Path, tmp_path: Path) -> None:
     (bad / TRAIN_CSV).write_text("image_id;irma_code\n" + "\n".join(ln.split(";", 2)[0] + ";" + ln.split(";")[1] for ln in (root / TRAIN_CSV).read_text().splitlines()[1:]) + "\n")
     with pytest.raises(DataError, match=r"has no column '07_class'"):
         site.load_index(bad, label="07_class", splits=["train"])
+
+
+def test_duplicate_ids_dropped_when_identical_rejected_when_conflicting(
+    root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 14.6: an image id twice in the codes CSV, or in both the train and the test CSV."""
+    site = get_site("irma")
+    expected = site.load_index(root)
+    dup = tmp_path / "dup"
+    shutil.copytree(root, dup)
+    lines = (dup / TRAIN_CSV).read_text().splitlines()
+    (dup / TRAIN_CSV).write_text("\n".join([*lines, lines[1]]) + "\n")
+    with caplog.at_level("WARNING"):
+        assert site.load_index(dup).drop(columns="path").equals(expected.drop(columns="path"))
+    assert f"{TRAIN_CSV}: dropped 1 identical duplicate row(s) of 1 image id(s)" in caplog.text
+    test_csv = "ImageCLEFmed2009_test_codes.03.csv"
+    first = lines[1].split(";")
+    other = first[1][:9] + ("7" if first[1][9] != "7" else "5") + first[1][10:]  # another body region
+    (dup / TRAIN_CSV).write_text("\n".join([*lines, ";".join([first[0], other, *first[2:]])]) + "\n")
+    with pytest.raises(DataError, match=rf"1 image id\(s\) listed more than once.*'{first[0]}'.*'irma_code'"):
+        site.load_index(dup)
+    (dup / TRAIN_CSV).write_text("\n".join(lines) + "\n")
+    with (dup / test_csv).open("a") as fh:
+        fh.write(lines[1] + "\n")  # the same row, but as a test image too
+    with pytest.raises(DataError, match=rf"{test_csv}.*{TRAIN_CSV}.*'{first[0]}'.*'split'"):
+        site.load_index(dup)

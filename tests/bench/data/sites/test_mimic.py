@@ -96,3 +96,31 @@ def test_errors(root: Path, tmp_path: Path) -> None:
     split.to_csv(broken / "mimic-cxr-2.0.0-split.csv.gz", index=False)
     with pytest.raises(DataError, match=r"unknown split values \['holdout'\]"):
         site.load_index(broken)
+
+
+@pytest.mark.parametrize(
+    "kind, key, column, value",
+    [
+        ("metadata", ["dicom_id"], "ViewPosition", "LL"),
+        ("split", ["dicom_id"], "split", "test"),
+        ("chexpert", ["subject_id", "study_id"], "Edema", 1.0),
+    ],
+)
+def test_duplicate_rows_dropped_when_identical_rejected_when_conflicting(
+    root: Path, tmp_path: Path, kind: str, key: list[str], column: str, value: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 14.6, for each of the three tables an image's row comes from."""
+    site = tmp_path / "mimic"
+    shutil.copytree(root, site)
+    path = site / f"mimic-cxr-2.0.0-{kind}.csv.gz"
+    table = pd.read_csv(path, dtype={"dicom_id": str})
+    expected = get_site("mimic").load_index(root)
+    write_gzip_text(pd.concat([table, table.iloc[[0]]]).to_csv(index=False), path)
+    with caplog.at_level("WARNING"):
+        pd.testing.assert_frame_equal(get_site("mimic").load_index(site).drop(columns="path"), expected.drop(columns="path"))
+    assert f"{path.name}: dropped 1 identical duplicate row(s) of 1 image id(s)" in caplog.text
+    other = table.iloc[[0]].copy()
+    other[column] = value if other[column].iloc[0] != value else "AP"
+    write_gzip_text(pd.concat([table, other]).to_csv(index=False), path)
+    with pytest.raises(DataError, match=rf"{re.escape(path.name)}: 1 image id\(s\) listed more than once.*'{column}'"):
+        get_site("mimic").load_index(site)

@@ -169,3 +169,41 @@ def test_missing_image_is_an_error_or_dropped(root: Path, tmp_path: Path) -> Non
     assert victim.stem not in set(kept["image_id"])
     assert len(kept) == len(list((site_dir / "images").glob("*.png")))
     assert np.isin(kept["split"], ["train", "val", "test"]).all()
+
+
+def test_duplicate_csv_rows_are_dropped_when_identical_and_rejected_when_conflicting(
+    root: Path, index: pd.DataFrame, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 14.6: an image listed twice in Data_Entry used to enter the index twice."""
+    site_dir = tmp_path / "dup"
+    shutil.copytree(root, site_dir)
+    lines = (root / CSV_NAME).read_text().splitlines()
+    (site_dir / CSV_NAME).write_text("\n".join([*lines, lines[1], lines[1]]) + "\n")
+    with caplog.at_level("WARNING"):
+        copies = get_site("nih").load_index(site_dir)
+    pd.testing.assert_frame_equal(copies.drop(columns="path"), index.drop(columns="path"))
+    assert f"{CSV_NAME}: dropped 2 identical duplicate row(s) of 1 image id(s)" in caplog.text
+
+    name, findings = lines[2].split(",")[:2]
+    other = "Hernia" if findings != "Hernia" else "Mass"
+    conflicting = lines[2].replace(f"{name},{findings},", f"{name},{other},", 1)
+    (site_dir / CSV_NAME).write_text("\n".join([*lines, lines[1], conflicting]) + "\n")
+    with pytest.raises(DataError) as err:
+        get_site("nih").load_index(site_dir)
+    msg = str(err.value)
+    assert str(site_dir / CSV_NAME) in msg and f"['{name}']" in msg and "Finding Labels" in msg
+    assert "1 image id(s) listed more than once with conflicting values (2 rows)" in msg
+
+
+def test_split_files_listing_an_image_in_two_splits_is_rejected(root: Path, index: pd.DataFrame, tmp_path: Path) -> None:
+    site_dir = tmp_path / "twice"
+    shutil.copytree(root, site_dir)
+    (site_dir / "labels").mkdir()
+    row = index.iloc[0]
+    line = f"images/{Path(row['path']).name} " + " ".join(str(int(v)) for v in row[list(NIH14)])
+    (site_dir / "labels" / "train.txt").write_text(f"{line}\n{line}\n")  # an identical copy is dropped
+    (site_dir / "labels" / "test.txt").write_text(f"{line}\n")
+    one = get_site("nih").load_index(site_dir, split_files={"train": "labels/train.txt"})
+    assert list(one["image_id"]) == [row["image_id"]]
+    with pytest.raises(DataError, match=rf"test.txt.*1 image id\(s\) listed more than once.*{row['image_id']}.*'split'"):
+        get_site("nih").load_index(site_dir, split_files={"train": "labels/train.txt", "test": "labels/test.txt"})

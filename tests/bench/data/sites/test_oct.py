@@ -100,3 +100,13 @@ def test_errors(root: Path, tmp_path: Path) -> None:
         site.load_index(bad)
     with pytest.raises(DataError, match="requested split folder .* is missing"):
         site.load_index(root, splits=["val"])
+
+
+def test_two_files_for_one_image_id_are_rejected(root: Path, tmp_path: Path) -> None:
+    """Issue 14.6: `CNV-1-1.jpeg` next to `CNV-1-1.jpg` would be one image id twice."""
+    dup = tmp_path / "dup"
+    shutil.copytree(root, dup)
+    scan = sorted((dup / "OCT2017" / "train" / "CNV").glob("*.jpeg"))[0]
+    shutil.copy(scan, scan.with_suffix(".jpg"))
+    with pytest.raises(DataError, match=rf"1 image id\(s\) listed more than once.*'train/{scan.stem}'.*'path'"):
+        get_site("oct").load_index(dup)

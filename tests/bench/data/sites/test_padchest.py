@@ -301,3 +301,20 @@ def test_read_options_brighten_12_bit_content(synthetic: Path) -> None:
     default, scaled = read_image(path), read_image(path, **site.read_options)
     assert default.max() <= 4095 / 65535 + 1e-7  # the container divisor leaves it dark
     assert 0.5 < scaled.max() <= 1.0
+
+
+def test_fixture_duplicate_rows_dropped_when_identical_rejected_when_conflicting(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 14.6: an ImageID listed twice in the labels CSV."""
+    frame = _write_fixture(tmp_path)
+    site = get_site("padchest")
+    pd.concat([frame, frame.iloc[[1]]], ignore_index=True).to_csv(tmp_path / CSV_NAME, index=True)
+    with caplog.at_level("WARNING"):
+        idx = site.load_index(tmp_path)
+    assert list(idx["image_id"]) == ["a.png", "b.png", "c.png", "d.png"]
+    assert f"{CSV_NAME}: dropped 1 identical duplicate row(s) of 1 image id(s), e.g. ['b.png']" in caplog.text
+    conflicting = frame.iloc[[1]].assign(Labels="['normal']")
+    pd.concat([frame, conflicting], ignore_index=True).to_csv(tmp_path / CSV_NAME, index=True)
+    with pytest.raises(DataError, match=rf"{CSV_NAME}: 1 image id\(s\) .*conflicting.*\(2 rows\).*'b.png'.*'Labels'"):
+        site.load_index(tmp_path)

@@ -153,3 +153,27 @@ def test_synthetic_deterministic(tmp_path: Path, synthetic: Path) -> None:
         assert (tmp_path / rel).read_bytes() == (synthetic / rel).read_bytes()
     first = sorted((synthetic / "test").iterdir())[0]
     assert (tmp_path / "test" / first.name).read_bytes() == first.read_bytes()
+
+
+def test_fixture_duplicate_reader_rows(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 14.6: the same (image, reader) twice in train, the same image twice in the test consensus."""
+    _fixture(tmp_path)
+    site = get_site("vindr")
+    expected = site.load_index(tmp_path)
+    train_csv = tmp_path / "annotations" / "image_labels_train.csv"
+    test_csv = tmp_path / "annotations" / "image_labels_test.csv"
+    train, test = pd.read_csv(train_csv), pd.read_csv(test_csv)
+    pd.concat([train, train.iloc[[0]]]).to_csv(train_csv, index=False)  # would tip `a` to 2 of 4 readers
+    pd.concat([test, test.iloc[[1]]]).to_csv(test_csv, index=False)
+    with caplog.at_level("WARNING"):
+        pd.testing.assert_frame_equal(site.load_index(tmp_path), expected)
+    assert "image_labels_train.csv: dropped 1 identical duplicate row(s) of 1 image id(s), e.g. [('a', 'R1')]" in caplog.text
+    assert "image_labels_test.csv: dropped 1 identical duplicate row(s) of 1 image id(s), e.g. ['d']" in caplog.text
+
+    pd.concat([train, train.iloc[[0]].assign(Atelectasis=0)]).to_csv(train_csv, index=False)
+    with pytest.raises(DataError, match=r"image_labels_train.csv: 1 image id\(s\).*conflicting.*\('a', 'R1'\).*'Atelectasis'"):
+        site.load_index(tmp_path)
+    train.to_csv(train_csv, index=False)
+    pd.concat([test, test.iloc[[1]].assign(Edema=1)]).to_csv(test_csv, index=False)
+    with pytest.raises(DataError, match=r"image_labels_test.csv: 1 image id\(s\).*conflicting.*\['d'\].*'Edema'"):
+        site.load_index(tmp_path)
