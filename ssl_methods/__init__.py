@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from ssl_methods.base import ConfigError, SSLMethod
+from ssl_methods.recipe import Recipe
 from ssl_methods.registry import METHODS
 
-__all__ = ["ConfigError", "METHODS", "SSLMethod", "create", "list_methods"]
+__all__ = ["ConfigError", "METHODS", "Recipe", "SSLMethod", "create", "list_methods", "recipe"]
 
 _BUILTIN = ("mae", "simmim", "gmml", "sit", "dino", "mocov3")
 
@@ -34,10 +35,34 @@ def list_methods() -> list[str]:
     return METHODS.names()
 
 
-def create(
-    name: str, *, backbone: str, img_size: int, in_chans: int = 1, init: str | Path = "random", **cfg: Any
-) -> SSLMethod:
-    """Build SSL method `name` around backbone `backbone` (see `backbones.create`)."""
+def recipe(name: str, backbone: str | None = None) -> Recipe:
+    """The reference recipe of method `name` for `backbone`'s family (its ViT recipe by default)."""
     _load_builtin()
     cls = METHODS.get(name)
-    return cls(backbone=backbone, img_size=img_size, in_chans=in_chans, init=init, **cfg)
+    family = "vit"
+    if backbone is not None:
+        import backbones
+
+        family = backbones.get_spec(backbone).family
+    return cls.recipe(family)
+
+
+def create(
+    name: str,
+    *,
+    backbone: str,
+    img_size: int,
+    in_chans: int = 1,
+    init: str | Path = "random",
+    epochs: int | None = None,
+    **cfg: Any,
+) -> SSLMethod:
+    """Build SSL method `name` around backbone `backbone` (see `backbones.create`).
+
+    `epochs` is the run length, for schedules the references count in epochs."""
+    _load_builtin()
+    cls = METHODS.get(name)
+    method = cls(backbone=backbone, img_size=img_size, in_chans=in_chans, init=init, **cfg)
+    if epochs is not None:
+        method.set_epochs(epochs)
+    return method

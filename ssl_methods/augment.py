@@ -1,20 +1,31 @@
 """Batched, on-device view augmentations built from torch RNG.
 
-The loop hands methods a raw batch; each method makes its views here, so
-augmentation follows the global torch seed and runs on the accelerator. All
-functions take and return (B, C, H, W) float tensors and draw independent
-parameters per sample. Photometric operations act per channel identically, so
-they are meaningful for 1-channel radiographs (hue/saturation/grayscale are
-no-ops on grey images and are therefore not offered).
+The loop hands methods a normalised batch ((x - GREY_MEAN) / GREY_STD, see
+`bench.train.data`); each method makes its views here, so augmentation follows the
+global torch seed and runs on the accelerator. All functions take and return
+(B, C, H, W) float tensors and draw independent parameters per sample.
+
+Geometric operations (crop, flip) act on the normalised tensor. Photometric ones
+(`color_jitter`, `gaussian_blur`, `solarize`) expect [0, 1] pixels like the
+references' PIL/torchvision pipelines, which apply them before `Normalize`;
+`photometric` maps a normalised batch to [0, 1], applies them and normalises again.
+They act on every channel identically, so they are meaningful for 1-channel
+radiographs; hue/saturation jitter and RandomGrayscale are the identity on grey
+images and are therefore not offered (see `color_jitter`).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from ssl_methods import shard
+
+from bench.train.data import GREY_MEAN, GREY_STD
 
 
 def random_resized_crop(
@@ -34,14 +45,14 @@ def random_resized_crop(
     b, c, h, w = images.shape
     oh, ow = (out_size, out_size) if isinstance(out_size, int) else out_size
     dev = images.device
-    area = torch.empty(b, device=dev).uniform_(*scale) * (h * w)
-    logr = torch.empty(b, device=dev).uniform_(math.log(ratio[0]), math.log(ratio[1]))
+    area = shard.uniform(b, *scale, device=dev) * (h * w)
+    logr = shard.uniform(b, math.log(ratio[0]), math.log(ratio[1]), device=dev)
     ar = torch.exp(logr)
     cw = torch.sqrt(area * ar).clamp(max=w)
     ch = torch.sqrt(area / ar).clamp(max=h)
-    x0 = torch.rand(b, device=dev) * (w - cw)
-    y0 = torch.rand(b, device=dev) * (h - ch)
-    flip = torch.where(torch.rand(b, device=dev) < hflip, -1.0, 1.0)
+    x0 = shard.rand(b, device=dev) * (w - cw)
+    y0 = shard.rand(b, device=dev) * (h - ch)
+    flip = torch.where(shard.rand(b, device=dev) < hflip, -1.0, 1.0)
     theta = torch.zeros(b, 2, 3, device=dev, dtype=images.dtype)
     theta[:, 0, 0] = (cw / w) * flip
     theta[:, 0, 2] = (2 * x0 + cw) / w - 1
@@ -51,24 +62,66 @@ def random_resized_crop(
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def color_jitter(
-    images: Tensor, brightness: float = 0.4, contrast: float = 0.4, p: float = 0.8
-) -> Tensor:
-    """With probability `p` per sample: scale brightness by U(1-b, 1+b), then scale the
-    deviation from the image mean by U(1-c, 1+c) (torchvision's contrast; torchvision
-    also shuffles the order of the two, here brightness always comes first). Values are
-    clamped to the batch's input [min, max] so [0, 1] inputs stay in [0, 1]."""
-    b = images.shape[0]
-    dev = images.device
-    lo, hi = images.min(), images.max()
-    apply = (torch.rand(b, 1, 1, 1, device=dev) < p).to(images.dtype)
-    fb = torch.empty(b, 1, 1, 1, device=dev).uniform_(1 - brightness, 1 + brightness)
-    out = images * fb
-    fc = torch.empty(b, 1, 1, 1, device=dev).uniform_(1 - contrast, 1 + contrast)
-    mean = out.mean(dim=(1, 2, 3), keepdim=True)
-    out = (out - mean) * fc + mean
-    out = out.clamp(lo, hi)
-    return apply * out + (1 - apply) * images
+@dataclass(frozen=True)
+class JitterParams:
+    """Per-sample ColorJitter draws: (B,) bool `apply`, (B,) factors, (B,) bool order."""
+
+    apply: Tensor
+    brightness: Tensor
+    contrast: Tensor
+    brightness_first: Tensor
+
+
+def sample_jitter(batch: int, brightness: float, contrast: float, p: float, device: torch.device | str) -> JitterParams:
+    """Draw RandomApply(ColorJitter(brightness, contrast, ...), p) parameters per sample.
+
+    Factors ~ U(1 - s, 1 + s) as torchvision's `ColorJitter.get_params`; torchvision
+    also applies its four operations in a random order (`randperm(4)`); on grey images
+    only brightness and contrast act, so the order reduces to which of the two is first.
+    """
+    apply = torch.rand(batch, device=device) < p
+    fb = torch.empty(batch, device=device).uniform_(max(0.0, 1 - brightness), 1 + brightness)
+    fc = torch.empty(batch, device=device).uniform_(max(0.0, 1 - contrast), 1 + contrast)
+    first = torch.rand(batch, device=device) < 0.5
+    return JitterParams(apply, fb, fc, first)
+
+
+def _grey_mean(images: Tensor) -> Tensor:
+    """Per-image mean of the luminance (torchvision's `adjust_contrast`): ITU-R 601
+    weights for 3 channels, the plain mean otherwise. (B, 1, 1, 1)."""
+    if images.shape[1] == 3:
+        lum = 0.2989 * images[:, 0] + 0.587 * images[:, 1] + 0.114 * images[:, 2]
+        return lum.mean(dim=(1, 2))[:, None, None, None]
+    return images.mean(dim=(1, 2, 3), keepdim=True)
+
+
+def apply_jitter(images: Tensor, params: JitterParams) -> Tensor:
+    """Brightness and contrast on [0, 1] images with torchvision's functional semantics:
+    brightness x -> clamp(f x), contrast x -> clamp(f x + (1 - f) mean_grey(x)), each
+    clamped to [0, 1], in the drawn order; samples with `apply` False are unchanged."""
+    fb = params.brightness[:, None, None, None].to(images.dtype)
+    fc = params.contrast[:, None, None, None].to(images.dtype)
+
+    def bright(x: Tensor) -> Tensor:
+        return (x * fb).clamp(0.0, 1.0)
+
+    def contr(x: Tensor) -> Tensor:
+        return (fc * x + (1 - fc) * _grey_mean(x)).clamp(0.0, 1.0)
+
+    b_first = contr(bright(images))
+    c_first = bright(contr(images))
+    out = torch.where(params.brightness_first[:, None, None, None], b_first, c_first)
+    return torch.where(params.apply[:, None, None, None], out, images)
+
+
+def color_jitter(images: Tensor, brightness: float = 0.4, contrast: float = 0.4, p: float = 0.8) -> Tensor:
+    """RandomApply(ColorJitter(brightness, contrast, saturation, hue), p) on [0, 1] images.
+
+    Saturation, hue and RandomGrayscale of the references are omitted: on a grey image
+    (1 channel, or 3 equal channels) saturation blends the image with its own
+    greyscale, i.e. with itself, and hue rotates the hue of pixels whose saturation is
+    0, so both are the identity (checked against torchvision in the tests)."""
+    return apply_jitter(images, sample_jitter(images.shape[0], brightness, contrast, p, images.device))
 
 
 def gaussian_blur(
@@ -99,13 +152,51 @@ def gaussian_blur(
     return apply * blurred + (1 - apply) * images
 
 
-def solarize(images: Tensor, p: float, threshold: float = 0.5) -> Tensor:
-    """With probability `p` per sample, invert pixels >= threshold (x -> 1 - x); assumes [0, 1]."""
+SOLARIZE_THRESHOLD = 128 / 255  # PIL ImageOps.solarize default on 8-bit pixels (DINO, SiT, MoCo v3 loaders)
+
+
+def solarize(images: Tensor, p: float, threshold: float = SOLARIZE_THRESHOLD) -> Tensor:
+    """With probability `p` per sample, invert pixels >= threshold (x -> 1 - x) on [0, 1]
+    images, as torchvision's `solarize`; the threshold is PIL's 128 of 255."""
     if p <= 0:
         return images
     apply = torch.rand(images.shape[0], 1, 1, 1, device=images.device) < p
     sol = torch.where(images >= threshold, 1.0 - images, images)
     return torch.where(apply, sol, images)
+
+
+def to_unit(images: Tensor, mean: float = GREY_MEAN, std: float = GREY_STD) -> Tensor:
+    """Undo the loop's input normalisation: (x - mean) / std -> x, clamped to [0, 1]."""
+    return (images * std + mean).clamp(0.0, 1.0)
+
+
+def from_unit(images: Tensor, mean: float = GREY_MEAN, std: float = GREY_STD) -> Tensor:
+    """The loop's input normalisation of [0, 1] images."""
+    return (images - mean) / std
+
+
+def photometric(
+    images: Tensor,
+    *,
+    jitter_p: float,
+    brightness: float,
+    contrast: float,
+    blur_p: float,
+    solarize_p: float = 0.0,
+    ref_size: float = 224,
+    mean: float = GREY_MEAN,
+    std: float = GREY_STD,
+) -> Tensor:
+    """Colour jitter, Gaussian blur and solarisation of normalised images, done where the
+    references do them: on [0, 1] pixels before `Normalize`. The images are mapped back
+    to [0, 1] with the loop's (mean, std), augmented, and normalised again, so
+    "brightness" scales intensities about black and solarisation folds at 0.5 (on the
+    normalised tensor they would scale about the mean grey and fold elsewhere)."""
+    x = to_unit(images, mean, std)
+    x = color_jitter(x, brightness, contrast, p=jitter_p)
+    x = gaussian_blur(x, p=blur_p, ref_size=ref_size)
+    x = solarize(x, p=solarize_p)
+    return from_unit(x, mean, std)
 
 
 def multiview_crop(
@@ -120,11 +211,13 @@ def multiview_crop(
     hflip: float = 0.5,
     ref_size: float = 224,
 ) -> Tensor:
-    """One DINO/BYOL-style view: RandomResizedCrop + flip, brightness/contrast jitter,
-    Gaussian blur and solarisation, each with its own per-sample probability.
+    """One DINO/BYOL-style view of normalised images: RandomResizedCrop + flip (geometric,
+    done on the normalised tensor), then `photometric` in [0, 1]: brightness/contrast
+    jitter, Gaussian blur and solarisation, each with its own per-sample probability.
 
     `ref_size` is the resolution the blur sigma range (0.1-2 px) refers to."""
     v = random_resized_crop(images, out_size, scale, hflip=hflip)
-    v = color_jitter(v, jitter_strength, jitter_strength, p=jitter_p)
-    v = gaussian_blur(v, p=blur_p, ref_size=ref_size)
-    return solarize(v, p=solarize_p)
+    return photometric(
+        v, jitter_p=jitter_p, brightness=jitter_strength, contrast=jitter_strength,
+        blur_p=blur_p, solarize_p=solarize_p, ref_size=ref_size,
+    )

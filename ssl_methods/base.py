@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 import backbones
+from ssl_methods.recipe import Recipe
 
 C = TypeVar("C")
 
@@ -63,6 +64,17 @@ class SSLMethod(nn.Module, metaclass=ABCMeta):
     # True when `forward(images, valid=...)` accepts a (B, L) bool mask of real tokens of a
     # padded variable-size batch (Dynamic Batch Binning); only MAE so far
     supports_valid_mask: ClassVar[bool] = False
+    # the authors' published recipe per backbone family ("vit" first: the fallback for the
+    # other families) and the config dataclass whose defaults are the method-side values
+    recipes: ClassVar[dict[str, Recipe]] = {}
+    config_class: ClassVar[type | None] = None
+
+    @classmethod
+    def recipe(cls, family: str = "vit") -> Recipe:
+        """The reference recipe for a backbone family (the method's main one if none is published)."""
+        if not cls.recipes:
+            raise ConfigError(f"ssl method {cls.name!r} declares no reference recipe")
+        return cls.recipes.get(family, next(iter(cls.recipes.values())))
 
     def __init__(self, *, backbone: str, img_size: int, in_chans: int, init: str | Path) -> None:
         super().__init__()
@@ -77,6 +89,15 @@ class SSLMethod(nn.Module, metaclass=ABCMeta):
         self.img_size = int(img_size)
         self.in_chans = int(in_chans)
         self.init = str(init)
+        # run length in epochs, for schedules the references define in epochs (DINO's
+        # last-layer freeze and teacher-temperature warm-up); set by `set_epochs`
+        self.epochs: int | None = None
+
+    def set_epochs(self, epochs: int) -> None:
+        """Tell the method how many epochs the run has (`progress * epochs` = current epoch)."""
+        if epochs < 1:
+            raise ConfigError(f"ssl method {self.name!r}: epochs must be >= 1, got {epochs}")
+        self.epochs = int(epochs)
 
     @abstractmethod
     def forward(self, images: Tensor) -> tuple[Tensor, dict[str, float]]:
@@ -120,7 +141,9 @@ class SSLMethod(nn.Module, metaclass=ABCMeta):
 
 def cosine_momentum(base: float, progress: float) -> float:
     """EMA momentum schedule 1 - (1 - base) * (1 + cos(pi * progress)) / 2: `base` at the
-    start, 1 at the end (DINO/SiT per iteration, MoCo v3 per epoch; here per step)."""
+    start, 1 at the end. Evaluated per iteration, as all three references do (DINO/SiT:
+    `cosine_scheduler(m, 1, epochs, iters)` indexed by iteration; MoCo v3:
+    `adjust_moco_momentum(epoch + i / iters_per_epoch)`, the fractional epoch)."""
     progress = min(max(progress, 0.0), 1.0)
     return 1.0 - (1.0 - base) * (1.0 + math.cos(math.pi * progress)) / 2.0
 

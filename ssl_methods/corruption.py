@@ -8,7 +8,7 @@ U{align..max_side-1} clipped to the image and rounded to a multiple of `align`
 (max_side = floor(max_side_frac * side)). The corrupted region is filled with
 N(0, 1) noise ('noise'), zeros ('zeros'), or - with probability `replace_prob`
 per image, and then with its own coverage - the pixels of a random partner image
-of the batch at the same location.
+of the same view (possibly itself, as the reference's randint) at the same location.
 
 Unlike the reference (numpy reseeded from OS entropy, so unreproducible), all
 draws use torch RNG and follow the global seed; the loop is vectorised over the
@@ -78,18 +78,27 @@ def gmml_corrupt(
     replace_coverage: tuple[float, float] = (0.3, 0.3),
     max_side_frac: float = 0.3,
     align: int = 1,
+    groups: int = 1,
 ) -> Corruption:
-    """Corrupt a batch (B, C, H, W) in groups; see the module docstring."""
+    """Corrupt a batch (B, C, H, W) in groups; see the module docstring.
+
+    `groups` > 1 says the batch is `groups` views stacked view-major (B = groups * n):
+    a replacing image then takes its partner from its own view, as the references'
+    `GMML_replace_list`, which runs once per crop list."""
     if fill not in ("noise", "zeros"):
         raise ValueError(f"gmml: fill must be 'noise' or 'zeros', got {fill!r}")
     b, _, h, w = images.shape
+    if groups < 1 or b % groups:
+        raise ValueError(f"gmml: a batch of {b} images cannot be split into {groups} views")
     dev = images.device
     replaced = torch.rand(b, device=dev) < replace_prob
     cov_fill = torch.empty(b, device=dev).uniform_(*coverage)
     cov_repl = torch.empty(b, device=dev).uniform_(*replace_coverage)
     cov = torch.where(replaced, cov_repl, cov_fill)
     mask = group_mask(cov, (h, w), max_side_frac, align).unsqueeze(1)
-    partner = torch.randint(0, b, (b,), device=dev)
+    per_view = b // groups
+    view_start = torch.div(torch.arange(b, device=dev), per_view, rounding_mode="floor") * per_view
+    partner = view_start + torch.randint(0, per_view, (b,), device=dev)
     base = torch.randn_like(images) if fill == "noise" else torch.zeros_like(images)
     fill_vals = torch.where(replaced[:, None, None, None], images[partner], base)
     corrupted = torch.where(mask, fill_vals, images)

@@ -9,19 +9,22 @@ weight-normalised last layer with g fixed to 1 when `norm_last_layer`).
 
 Loss: mean over the 2 * (2 + n_local) - 2 pairs (teacher crop i, student crop v != i)
 of -sum softmax((t_i - center) / tau_t) * log_softmax(s_v / tau_s); tau_s = 0.1;
-tau_t rises linearly from `warmup_teacher_temp` to `teacher_temp` over the first
-`warmup_teacher_temp_frac` of training, then stays. After the loss, the center
-follows c <- 0.9 c + 0.1 mean(teacher outputs of both global crops). After each step
-the teacher is the EMA of the student with m cosine from 0.996 to 1, and the last
-layer stays frozen for the first `freeze_last_layer_frac` of training.
+tau_t rises per epoch from `warmup_teacher_temp` 0.04 to `teacher_temp` 0.07 over the
+first `warmup_teacher_temp_epochs` (30 of the reference's 300; shortened in proportion
+for shorter runs), then stays. After the loss, the center follows
+c <- 0.9 c + 0.1 mean(teacher outputs of both global crops). After each step the
+teacher is the EMA of the student with m cosine from 0.996 to 1, and the last layer
+gets no gradient during the first `freeze_last_layer_epochs` (1) epoch(s). Epochs are
+counted from the loop's progress and the run length (`set_epochs`; without it, the
+reference's 300). The optimiser recipe is `RECIPE`.
 `encoder_state_dict()` exports the teacher backbone (the paper evaluates it).
 
 Local crops get positions by DINO's own interpolation (bicubic, scale_factor with the
 +0.1, no antialias; `pos_interp: dino`); `pos_interp: timm` uses timm's
 `resample_abs_pos_embed` instead (antialias, size-based), as timm's dynamic_img_size.
 
-Deviations: schedules run on the loop's progress in [0, 1] instead of epochs and
-iterations; photometric augmentation is brightness/contrast only (grey images); for
+Deviations: photometric augmentation is brightness/contrast only (saturation, hue and
+greyscale are the identity on grey images), applied on [0, 1] pixels; for
 encoders narrower than 384-d (the CPU demo) the head defaults shrink (hidden 512,
 bottleneck 128, out_dim 4096). Multi-GPU centering (all_reduce) is not needed on one
 device.
@@ -41,6 +44,7 @@ import backbones
 from ssl_methods.augment import multiview_crop
 from ssl_methods.base import ConfigError, SSLMethod, cosine_momentum, ema_update, parse_config
 from ssl_methods.heads import DINOHead
+from ssl_methods.recipe import Recipe
 from ssl_methods.registry import register_method
 from ssl_methods.vit_tokens import check_plain_vit, vit_tokens
 
@@ -52,12 +56,14 @@ class DINOConfig:
     head_bottleneck: int | None = None  # None: 256 / 128
     norm_last_layer: bool = True
     student_temp: float = 0.1
-    teacher_temp: float = 0.04
+    teacher_temp: float = 0.07
     warmup_teacher_temp: float = 0.04
-    warmup_teacher_temp_frac: float = 0.0
+    # linear warm-up of the teacher temperature over this many epochs (of the reference's 300;
+    # shortened in proportion for shorter runs, like the lr warm-up)
+    warmup_teacher_temp_epochs: float = 30
     center_momentum: float = 0.9
     momentum: float = 0.996
-    freeze_last_layer_frac: float = 0.0
+    freeze_last_layer_epochs: float = 1
     n_local: int = 8
     local_size: int | None = None  # None: round(96 / 224 * img_size) to a patch multiple
     global_scale: tuple[float, float] = (0.4, 1.0)
@@ -72,6 +78,52 @@ class DINOConfig:
             raise ConfigError(f"dino: pos_interp must be 'dino' or 'timm', got {self.pos_interp!r}")
         if self.n_local < 0:
             raise ConfigError(f"dino: n_local must be >= 0, got {self.n_local}")
+        if self.warmup_teacher_temp_epochs < 0 or self.freeze_last_layer_epochs < 0:
+            raise ConfigError("dino: warmup_teacher_temp_epochs and freeze_last_layer_epochs must be >= 0")
+
+
+_DINO = "facebookresearch/dino"
+_ARGS = f"{_DINO}:main_dino.py"
+_BOOST = f"{_DINO}:README.md 'Boosting DINO performance' (ViT-S/16, 300 epochs)"
+RECIPE = Recipe(
+    method="dino", family="vit", optimizer="adamw", betas=(0.9, 0.999), base_lr=5e-4, lr_batch=256, min_lr=1e-6,
+    weight_decay=0.04, weight_decay_end=0.4, clip_grad=3.0, clip_mode="per_tensor", warmup_epochs=10, epochs=300,
+    batch_size=1024,
+    sources={
+        "optimizer": f"{_ARGS} --optimizer adamw; torch.optim.AdamW(params_groups) (PyTorch default betas)",
+        "betas": f"{_ARGS} torch.optim.AdamW(params_groups): default betas (0.9, 0.999)",
+        "base_lr": f"{_ARGS} --lr 0.0005 'for a reference batch size of 256'; lr * batch_size_per_gpu * world / 256",
+        "min_lr": f"{_ARGS} --min_lr 1e-6",
+        "weight_decay": f"{_ARGS} --weight_decay 0.04 --weight_decay_end 0.4 (cosine wd_schedule)",
+        "clip_grad": f"{_ARGS} --clip_grad 3.0; utils.clip_gradients (per parameter tensor)",
+        "warmup_epochs": f"{_ARGS} --warmup_epochs 10; {_BOOST} --epochs 300",
+        "lr_schedule": f"{_DINO}:utils.py cosine_scheduler",
+        "teacher_temp": f"{_BOOST} --teacher_temp 0.07",
+        "warmup_teacher_temp": f"{_ARGS} --warmup_teacher_temp 0.04",
+        "warmup_teacher_temp_epochs": f"{_BOOST} --warmup_teacher_temp_epochs 30",
+        "freeze_last_layer_epochs": f"{_ARGS} --freeze_last_layer 1; utils.cancel_gradients_last_layer",
+        "norm_last_layer": f"{_ARGS} --norm_last_layer True (help: False for vit_small is better but can be unstable)",
+        "student_temp": f"{_ARGS} DINOLoss(student_temp=0.1)",
+        "center_momentum": f"{_ARGS} DINOLoss(center_momentum=0.9)",
+        "momentum": f"{_ARGS} --momentum_teacher 0.996, cosine to 1 per iteration",
+        "out_dim": f"{_ARGS} --out_dim 65536",
+        "head_hidden": f"{_DINO}:vision_transformer.py DINOHead(hidden_dim=2048)",
+        "head_bottleneck": f"{_DINO}:vision_transformer.py DINOHead(bottleneck_dim=256)",
+        "n_local": f"{_ARGS} --local_crops_number 8",
+        "global_scale": f"{_ARGS} --global_crops_scale 0.4 1.",
+        "local_scale": f"{_ARGS} --local_crops_scale 0.05 0.4",
+        "local_size": f"{_ARGS} DataAugmentationDINO RandomResizedCrop(96, ...)",
+        "drop_path_rate": f"{_ARGS} --drop_path_rate 0.1",
+    },
+    notes=(
+        "views: ColorJitter(0.4, 0.4, 0.2, 0.1) p 0.8 applied as brightness/contrast 0.4 on [0, 1] pixels "
+        "(saturation/hue/RandomGrayscale are the identity on grey images); blur p 1.0 / 0.1 / 0.5, solarise 0.2 "
+        "on global view 2",
+        "norm_last_layer True: the argparse default (the README boost uses False for ViT-S, 'can be unstable')",
+        "momentum 0.996: argparse default (help: 0.9995 for batch 256)",
+        "AMP: bf16 autocast (reference: fp16 + GradScaler)",
+    ),
+)
 
 
 def dino_loss(student: Tensor, teacher: Tensor, center: Tensor, n_crops: int, tau_s: float, tau_t: float) -> Tensor:
@@ -97,6 +149,8 @@ def dino_loss(student: Tensor, teacher: Tensor, center: Tensor, n_crops: int, ta
 class DINO(SSLMethod):
     name = "dino"
     supported_families = ("vit", "resnet")
+    recipes = {"vit": RECIPE}
+    config_class = DINOConfig
 
     def __init__(
         self, *, backbone: str, img_size: int, in_chans: int = 1, init: str | Path = "random", **cfg: Any
@@ -132,22 +186,43 @@ class DINO(SSLMethod):
         self.momentum = c.momentum
         # training progress in [0, 1] (teacher temperature, last-layer freeze); a buffer so
         # that a resumed run continues the schedules from its checkpoint
-        self.register_buffer("progress", torch.zeros(()))
+        # float64: a float32 progress can land just before an epoch boundary (0.01 -> 0.0099999998)
+        self.register_buffer("progress", torch.zeros((), dtype=torch.float64))
 
     def export_encoder(self) -> nn.Module:
         return self.teacher
 
     @property
+    def run_epochs(self) -> int:
+        """The run length (`set_epochs`); without one, the reference recipe's."""
+        return self.epochs or RECIPE.epochs
+
+    def epoch_at(self, progress: float) -> int:
+        """The (0-based) epoch a step at `progress` belongs to: steps done / steps per epoch."""
+        return int(progress * self.run_epochs + 1e-6)
+
+    @property
     def last_layer_frozen(self) -> bool:
-        return float(self.progress) < self.cfg.freeze_last_layer_frac
+        """True during the first `freeze_last_layer_epochs` epochs (`cancel_gradients_last_layer`)."""
+        return self.epoch_at(float(self.progress)) < self.cfg.freeze_last_layer_epochs
+
+    def teacher_temp_warmup_epochs(self) -> int:
+        """Warm-up length in whole epochs: the configured one, shortened in proportion when
+        the run is shorter than the reference's 300 epochs (as the lr warm-up)."""
+        w = self.cfg.warmup_teacher_temp_epochs
+        return int(round(min(w, w * self.run_epochs / RECIPE.epochs)))
 
     def teacher_temp(self, progress: float) -> float:
-        """tau_t: linear warm-up over the first `warmup_teacher_temp_frac`, then constant."""
+        """tau_t per epoch, as DINOLoss: linspace(warmup_teacher_temp, teacher_temp, W)[epoch]
+        for the first W warm-up epochs, then `teacher_temp`."""
         c = self.cfg
-        if c.warmup_teacher_temp_frac <= 0 or progress >= c.warmup_teacher_temp_frac:
+        w = self.teacher_temp_warmup_epochs()
+        epoch = self.epoch_at(progress)
+        if epoch >= w:
             return c.teacher_temp
-        f = progress / c.warmup_teacher_temp_frac
-        return c.warmup_teacher_temp + f * (c.teacher_temp - c.warmup_teacher_temp)
+        if w == 1:
+            return c.warmup_teacher_temp
+        return c.warmup_teacher_temp + (c.teacher_temp - c.warmup_teacher_temp) * epoch / (w - 1)
 
     def after_step(self, progress: float) -> None:
         self.progress.fill_(float(progress))

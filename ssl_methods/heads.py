@@ -43,8 +43,9 @@ class RECHead(nn.Module):
         return self.conv(x)
 
 
-def bn_mlp(dims: Sequence[int], acts: Sequence[str], bias: bool = True) -> nn.Sequential:
-    """Linear -> BN -> act blocks; the last Linear is followed by BN(affine=False) only.
+def bn_mlp(dims: Sequence[int], acts: Sequence[str], bias: bool = True, last_bn: bool = True) -> nn.Sequential:
+    """Linear -> BN -> act blocks; the last Linear is followed by BN(affine=False) when
+    `last_bn` (SimCLR's design, MoCo v3 `_build_mlp(last_bn=True)`), else by nothing.
 
     `dims` = (in, hidden..., out); `acts` names the activation after each hidden BN
     (`relu` or `gelu`), so len(acts) == len(dims) - 2.
@@ -57,7 +58,7 @@ def bn_mlp(dims: Sequence[int], acts: Sequence[str], bias: bool = True) -> nn.Se
         if i < len(dims) - 2:
             layers.append(nn.BatchNorm1d(dims[i + 1]))
             layers.append(nn.ReLU(inplace=True) if acts[i] == "relu" else nn.GELU())
-        else:
+        elif last_bn:
             layers.append(nn.BatchNorm1d(dims[i + 1], affine=False))
     return nn.Sequential(*layers)
 

@@ -2,10 +2,10 @@
 contrastive learning. (SiT v1 - rotation prediction with uncertainty weighting - is a
 different algorithm and is not implemented.)
 
-Two DINO-style global views per image (RRC 0.2-1 + flip, jitter p 0.8, blur p 1.0 on
-view 1, p 0.1 + solarise 0.2 on view 2). The student ViT sees group-corrupted views
-(zeros over 50% of the pixels, or with probability 0.5 a batch partner's pixels over
-30%); the EMA teacher sees the clean views. Student heads: CLSHead (BN MLP
+Two DINO-style global views per image (RRC 0.2-1 + flip, brightness/contrast jitter p 0.8,
+blur p 1.0 on view 1, p 0.1 + solarise 0.2 on view 2; photometric steps on [0, 1] pixels). The student ViT sees group-corrupted views
+(zeros over 50% of the pixels, or with probability 0.5 the pixels of a partner from the
+same view over 30%); the EMA teacher sees the clean views. Student heads: CLSHead (BN MLP
 D -> 4096 -> 4096 -> 256) on the cls token and RECHead on the patch tokens, both after
 the final norm. Loss = C(s0, t1) + C(s1, t0) + lambda * L1(corrupted pixels), with C
 the MoCo v3 InfoNCE (tau 0.2, x 2 tau). The teacher follows
@@ -34,6 +34,7 @@ from ssl_methods.base import ConfigError, SSLMethod, cosine_momentum, ema_update
 from ssl_methods.contrastive import info_nce
 from ssl_methods.corruption import gmml_corrupt, masked_l1_mean
 from ssl_methods.heads import RECHead, bn_mlp
+from ssl_methods.recipe import Recipe
 from ssl_methods.registry import register_method
 from ssl_methods.vit_tokens import check_plain_vit, vit_tokens
 
@@ -64,10 +65,50 @@ class SiTConfig:
             raise ConfigError(f"sit: export must be 'teacher' or 'student', got {self.export!r}")
 
 
+_SIT = "Sara-Ahmed/SiT"
+RECIPE = Recipe(
+    method="sit", family="vit", optimizer="adamw", betas=(0.9, 0.999), base_lr=5e-4, lr_batch=256, min_lr=1e-6,
+    weight_decay=0.04, weight_decay_end=0.1, clip_grad=3.0, clip_mode="per_tensor", warmup_epochs=10, epochs=800,
+    batch_size=256,
+    sources={
+        "optimizer": f"{_SIT}:main.py torch.optim.AdamW(utils.get_params_groups(student)) (default betas)",
+        "betas": f"{_SIT}:main.py torch.optim.AdamW(...): PyTorch default betas (0.9, 0.999)",
+        "base_lr": f"{_SIT}:main.py --lr 0.0005; cosine_scheduler(lr * batch_size * world / 256., ...)",
+        "min_lr": f"{_SIT}:main.py --min_lr 1e-6",
+        "weight_decay": f"{_SIT}:main.py --weight_decay 0.04 --weight_decay_end 0.1",
+        "clip_grad": f"{_SIT}:main.py --clip_grad 3.0; utils.clip_gradients (per parameter tensor)",
+        "warmup_epochs": f"{_SIT}:main.py --warmup_epochs 10 --epochs 800 (README: 801, 4 GPUs x 64)",
+        "lr_schedule": f"{_SIT}:utils.py cosine_scheduler",
+        "coverage": f"{_SIT}:main.py --drop_perc 0.5 (U(min(0.5, p), p) = 0.5)",
+        "fill": f"{_SIT}:main.py --drop_type zeros",
+        "replace_prob": f"{_SIT}:main.py collate_batch -> GMML_replace_list (drop_type 'noise': 1 / 2)",
+        "replace_coverage": f"{_SIT}:main.py --drop_replace 0.3",
+        "max_side_frac": f"{_SIT}:datasets/datasets_utils.py GMML_drop_rand_patches max_block_sz=0.3",
+        "align": f"{_SIT}:main.py --drop_align 1",
+        "out_dim": f"{_SIT}:main.py --out_dim 256",
+        "head_hidden": f"{_SIT}:vision_transformer.py CLSHead hidden 4096",
+        "temperature": f"{_SIT}:main.py --simclr_temp 0.2",
+        "lmbda": f"{_SIT}:main.py --lmbda 1 (README: ~5 for small datasets)",
+        "momentum": f"{_SIT}:main.py --momentum_teacher 0.996, cosine_scheduler(m, 1, epochs, iters) per iteration",
+        "drop_path_rate": f"{_SIT}:main.py --drop_path_rate 0.1 (student; teacher 0)",
+        "crop_scale": f"{_SIT}:datasets/datasets_utils.py RandomResizedCrop(224, scale=(0.2, 1.))",
+        "hflip": f"{_SIT}:datasets/datasets_utils.py RandomHorizontalFlip(p=0.5)",
+    },
+    notes=(
+        "views: ColorJitter(0.4, 0.4, 0.2, 0.1) p 0.8 applied as brightness/contrast 0.4 on [0, 1] pixels "
+        "(saturation/hue/RandomGrayscale are the identity on grey images); blur p 1.0 / 0.1, solarise p 0 / 0.2",
+        "replace partner drawn from the same view (collate_batch calls GMML_replace_list per crop)",
+        "AMP: bf16 autocast (reference: fp16 + GradScaler)",
+    ),
+)
+
+
 @register_method("sit")
 class SiT(SSLMethod):
     name = "sit"
     supported_families = ("vit",)
+    recipes = {"vit": RECIPE}
+    config_class = SiTConfig
 
     def __init__(
         self, *, backbone: str, img_size: int, in_chans: int = 1, init: str | Path = "random", **cfg: Any
@@ -140,7 +181,7 @@ class SiT(SSLMethod):
         clean = self.make_views(images)
         corr = gmml_corrupt(
             clean, coverage=c.coverage, fill=c.fill, replace_prob=c.replace_prob,  # type: ignore[arg-type]
-            replace_coverage=c.replace_coverage, max_side_frac=c.max_side_frac, align=c.align,
+            replace_coverage=c.replace_coverage, max_side_frac=c.max_side_frac, align=c.align, groups=2,
         )
         contrastive, recon = self.losses(clean, corr.corrupted, corr.mask)
         loss = contrastive + c.lmbda * recon

@@ -69,30 +69,39 @@ def test_forward_routes_crops_and_updates_center() -> None:
 
 
 def test_schedules_and_last_layer_freeze() -> None:
-    model = _dino(teacher_temp=0.07, warmup_teacher_temp=0.04, warmup_teacher_temp_frac=0.1,
-                  freeze_last_layer_frac=0.05)
-    assert model.teacher_temp(0.0) == pytest.approx(0.04)
-    assert model.teacher_temp(0.05) == pytest.approx(0.055)
-    assert model.teacher_temp(0.5) == pytest.approx(0.07)
-    assert model.last_layer_frozen
+    """Teacher temperature per epoch as DINOLoss's linspace(0.04, 0.07, W) then 0.07, with the
+    reference's 30-of-300 warm-up epochs shortened in proportion (100 epochs -> 10); the last
+    layer is frozen during epoch 0 only (--freeze_last_layer 1)."""
+    model = _dino()
+    model.set_epochs(100)
+    assert model.teacher_temp_warmup_epochs() == 10
+    schedule = np.concatenate([np.linspace(0.04, 0.07, 10), np.full(90, 0.07)])
+    for epoch in (0, 1, 5, 9, 10, 50, 99):
+        for within in (0.0, 0.5, 0.99):
+            progress = (epoch + within) / 100
+            assert model.teacher_temp(progress) == pytest.approx(schedule[epoch], abs=1e-12), (epoch, within)
+    assert model.last_layer_frozen  # progress 0: epoch 0
     t_before = model.teacher.blocks[1].mlp.fc1.weight.detach().clone()
     with torch.no_grad():
         model.encoder.blocks[1].mlp.fc1.weight.mul_(2.0)
-    model.after_step(0.02)
-    m = 1 - (1 - 0.996) * (1 + math.cos(math.pi * 0.02)) / 2
+    model.after_step(0.005)
+    m = 1 - (1 - 0.996) * (1 + math.cos(math.pi * 0.005)) / 2
     torch.testing.assert_close(
         model.teacher.blocks[1].mlp.fc1.weight, m * t_before + (1 - m) * model.encoder.blocks[1].mlp.fc1.weight
     )
-    assert model.last_layer_frozen
-    model.after_step(0.06)
+    assert model.last_layer_frozen  # still epoch 0
+    model.after_step(0.01)  # the first step of epoch 1
     assert not model.last_layer_frozen
-    assert float(model.state_dict()["progress"]) == pytest.approx(0.06)  # resumable
+    assert float(model.state_dict()["progress"]) == pytest.approx(0.01)  # resumable
+    # without a run length the reference's 300 epochs apply: 30 warm-up epochs
+    assert _dino().teacher_temp_warmup_epochs() == 30
 
 
-def test_frozen_last_layer_gets_no_update() -> None:
-    """One optimiser for the whole run (as the loop builds it): the last layer is skipped
-    while frozen and trained afterwards."""
-    model = _dino(freeze_last_layer_frac=0.5)
+def test_last_layer_gradient_is_zero_in_epoch_0_and_not_after() -> None:
+    """One optimiser for the whole run (as the loop builds it): the last layer gets no gradient
+    and no update during epoch 0 (cancel_gradients_last_layer) and is trained from epoch 1."""
+    model = _dino()
+    model.set_epochs(2)
     opt = torch.optim.AdamW(model.param_groups(0.04), lr=1e-2)
     v = model.head.last_layer.parametrizations.weight.original1
     assert any(p is v for g in opt.param_groups for p in g["params"])
@@ -101,14 +110,17 @@ def test_frozen_last_layer_gets_no_update() -> None:
     loss, _ = model(torch.rand(4, 1, 64, 64))
     opt.zero_grad()
     loss.backward()
-    assert v.grad is None
+    assert v.grad is None or not v.grad.any()
     opt.step()
     torch.testing.assert_close(v.detach(), before)
     assert not torch.equal(model.head.mlp[0].weight.detach(), other)
-    model.after_step(0.6)
+    model.after_step(0.25)
+    assert model.last_layer_frozen  # 0.25 of a 2-epoch run: still epoch 0
+    model.after_step(0.5)  # epoch 1
     loss, _ = model(torch.rand(4, 1, 64, 64))
     opt.zero_grad()
     loss.backward()
+    assert v.grad is not None and v.grad.abs().sum() > 0
     opt.step()
     assert not torch.equal(v.detach(), before)
 

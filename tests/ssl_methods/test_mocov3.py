@@ -57,7 +57,50 @@ def test_momentum_update_formula_and_groups() -> None:
     groups = model.param_groups(0.1)
     assert len(groups) == 1 and groups[0]["weight_decay"] == 0.1  # every parameter decayed
     ids = {id(p) for p in groups[0]["params"]}
-    assert ids == {id(p) for n, p in model.named_parameters() if not n.startswith("momentum_")}
+    assert ids == {id(p) for n, p in model.named_parameters() if not n.startswith("momentum_") and p.requires_grad}
+    # the frozen random patch projection (--stop-grad-conv1) is the only trainable-looking tensor left out
+    left_out = {n for n, p in model.named_parameters() if not n.startswith("momentum_") and id(p) not in ids}
+    assert left_out == {"encoder.patch_embed.proj.weight", "encoder.patch_embed.proj.bias"}
+
+
+def test_vit_patch_projection_gets_no_gradient_and_stays_fixed() -> None:
+    """--stop-grad-conv1 (every reference ViT command): the patch projection keeps its random
+    init through training, while the blocks after it learn."""
+    model = _moco()
+    proj = model.encoder.patch_embed.proj
+    assert not proj.weight.requires_grad and not proj.bias.requires_grad
+    before = proj.weight.detach().clone()
+    block = model.encoder.blocks[0].attn.qkv.weight
+    block_before = block.detach().clone()
+    opt = torch.optim.AdamW(model.param_groups(0.1), lr=1e-2)
+    for _ in range(2):
+        loss, _ = model(torch.rand(4, 1, 64, 64))
+        opt.zero_grad()
+        loss.backward()
+        assert proj.weight.grad is None and block.grad is not None and block.grad.abs().sum() > 0
+        opt.step()
+        model.after_step(0.5)
+    torch.testing.assert_close(proj.weight.detach(), before, rtol=0, atol=0)
+    torch.testing.assert_close(model.momentum_encoder.patch_embed.proj.weight, before, rtol=0, atol=1e-7)  # EMA rounding
+    assert not torch.equal(block.detach(), block_before)
+    # opting out trains it
+    free = _moco(stop_grad_patch=False)
+    assert free.encoder.patch_embed.proj.weight.requires_grad
+
+
+def test_resnet_heads_follow_moco_resnet() -> None:
+    """MoCo_ResNet: projector 2 layers (Linear-BN-ReLU-Linear-BN), predictor without the final BN;
+    temperature 1.0 and crop-min 0.2 (the reference's ResNet-50 defaults)."""
+    model = _moco("resnet_tiny_demo")
+    kinds = [type(m).__name__ for m in model.projector]
+    assert kinds == ["Linear", "BatchNorm1d", "ReLU", "Linear", "BatchNorm1d"]
+    assert not model.projector[-1].affine
+    assert [type(m).__name__ for m in model.predictor] == ["Linear", "BatchNorm1d", "ReLU", "Linear"]
+    assert model.temperature == 1.0 and model.crop_scale == (0.2, 1.0)
+    vit = _moco()
+    assert [type(m).__name__ for m in vit.projector].count("Linear") == 3
+    assert type(vit.predictor[-1]).__name__ == "BatchNorm1d"
+    assert vit.temperature == 0.2 and vit.crop_scale == (0.08, 1.0)
 
 
 @pytest.mark.parametrize(("backbone", "head"), [
