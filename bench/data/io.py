@@ -29,8 +29,9 @@ Normalisation rules (the values downstream code sees):
   MONOCHROME1 images (where larger values are darker) are inverted, ``1 - x``, so
   that air is dark for every file.
 
-Failures (missing, truncated, corrupt, DICOM without pixel data, an unknown image
-mode) raise `ImageReadError`, a `DataError` carrying `.path` and `.reason`.
+Failures (missing, truncated, corrupt, DICOM without pixel data, a `.dcm` that is not
+DICOM at all, an unknown image mode) raise `ImageReadError`, a `DataError` carrying
+`.path` and `.reason`.
 """
 
 from __future__ import annotations
@@ -183,11 +184,43 @@ def _dcmread(path: Path, *, stop_before_pixels: bool = False) -> Any:
 
     try:
         # force=True accepts files without the 128-byte preamble (detected by suffix).
-        return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=True)
+        ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=True)
     except InvalidDicomError as exc:
         raise ImageReadError(path, f"not a valid DICOM file ({exc})") from exc
     except (OSError, EOFError, ValueError, KeyError, TypeError) as exc:
         raise ImageReadError(path, f"corrupt or truncated DICOM ({exc})") from exc
+    if not _has_dicm_marker(path) and not _has_dicom_elements(ds):
+        # force=True "reads" anything (200 zero bytes become one empty command element), so a
+        # file with neither the preamble nor a single known data element is not DICOM at all.
+        try:
+            pydicom.dcmread(path, stop_before_pixels=True)
+            why = "no DICOM data elements"
+        except Exception as exc:  # the strict reader says why (InvalidDicomError for a missing 'DICM')
+            why = f"{type(exc).__name__}: {exc}"
+        raise ImageReadError(
+            path, f"not a DICOM file: no 'DICM' marker at byte {_DICOM_MAGIC_OFFSET} and no DICOM data elements ({why})"
+        )
+    return ds
+
+
+def _has_dicm_marker(path: Path) -> bool:
+    try:
+        with path.open("rb") as fh:
+            fh.seek(_DICOM_MAGIC_OFFSET)
+            return fh.read(len(_DICOM_MAGIC)) == _DICOM_MAGIC
+    except OSError:
+        return False
+
+
+def _has_dicom_elements(ds: Any) -> bool:
+    """True when a preamble-less read found at least one data element of the DICOM dictionary.
+
+    Group 0 holds network command elements, never stored in files; garbage bytes parse into
+    tags that are almost never in the dictionary.
+    """
+    from pydicom.datadict import dictionary_has_tag
+
+    return any(tag.group >= 0x0002 and dictionary_has_tag(tag) for tag in ds.keys())
 
 
 def _pixel_functions() -> tuple[Any, Any]:

@@ -291,3 +291,32 @@ def test_rescale_then_window_range(tmp_path: Path) -> None:
     assert voi_output_range(ds) == (y_min, y_max)
     expected = 1.0 - (_windowed(values, 1000.0, 2048.0, y_min, y_max) - y_min) / (y_max - y_min)
     np.testing.assert_allclose(read_image(tmp_path / "rescaled.dcm"), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("content", [b"\x00" * 200, b"hello, a text file misnamed\n" * 10], ids=["zeros", "text"])
+def test_a_dcm_that_is_not_dicom_is_called_so(tmp_path: Path, content: bytes) -> None:
+    """Issue 14.9: 200 zero bytes named .dcm used to be 'DICOM file has no pixel data'."""
+    fake = tmp_path / "fake.dcm"
+    fake.write_bytes(content)
+    for read in (read_image, image_size):
+        with pytest.raises(ImageReadError) as info:
+            read(fake)
+        assert info.value.path == fake and str(fake) in str(info.value)
+        assert "not a DICOM file: no 'DICM' marker at byte 128" in info.value.reason
+        assert "InvalidDicomError" in info.value.reason and "pixel data" not in info.value.reason
+
+
+def test_dicom_without_preamble_still_reads(tmp_path: Path) -> None:
+    """The not-DICOM check must not reject files that lack only the preamble (read by suffix)."""
+    import pydicom
+
+    src = _testdata("RG3_UNCR.dcm")
+    stripped = tmp_path / "stripped.dcm"
+    stripped.write_bytes(src.read_bytes()[132:])  # no preamble, no 'DICM': starts at the file meta group
+    np.testing.assert_array_equal(read_image(stripped), read_image(src))
+    ds = pydicom.dcmread(src)
+    ds.preamble = None
+    del ds.file_meta
+    raw = tmp_path / "raw.dcm"  # a bare dataset, implicit VR: no preamble and no file meta at all
+    ds.save_as(raw, implicit_vr=True, little_endian=True, enforce_file_format=False)
+    assert image_size(raw) == image_size(src) == (1760, 1760)
