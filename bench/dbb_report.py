@@ -18,6 +18,12 @@ Strategies (each a planner in `STRATEGIES`, run on epochs 0 and 1):
   batches dropped (drop_last).
 - `dbb`: Dynamic Batch Binning (`bench.data.dbb`), swept over `min_batches`.
 - `dbb_resize`: DBB bins, images resized to the bin shape (the pilot's smart binning).
+- `dbb_fit`: DBB bins whose shape is the envelope shrunk by at most δ patches per
+  dimension (`resize_bound`); larger images are downscaled by at most δ patches,
+  then padded. Resized share and largest shrink are reported.
+- `mixed`: mixed-shape steps (`bench.data.dbb.plan_mixed_epoch`): 64 images (or a
+  token budget) per optimizer step drawn from a size-sorted pool of ~16 steps, run
+  as exact-grid micro-batches with gradient accumulation; zero padding.
 - `ar_buckets`: aspect-ratio buckets of area ≈ S² with 64-px sides (kohya/SDXL),
   resize to cover then crop.
 
@@ -40,7 +46,7 @@ import numpy as np
 import pandas as pd
 
 from bench.compute import epoch_cost
-from bench.data.dbb import BatchSizer, build_bins, grid_size, plan_epoch
+from bench.data.dbb import BatchSizer, build_bins, grid_size, plan_epoch, plan_mixed_epoch, size_order
 from bench.data.sites import DataError
 from bench.registry import Registry
 
@@ -112,6 +118,11 @@ class EpochLayout:
     shapes: set[tuple[int, int]]
     n_dropped: int = 0
     n_repeated: int = 0
+    n_short: int = 0  # steps with fewer images than a full step of their shape
+    n_steps: int = 0
+    n_micro: int = 0  # single-shape tensors run (= n_steps unless steps mix shapes)
+    n_resized: int = 0  # images downscaled to fit their batch's grid (fit mode)
+    max_shrink: int = 0  # largest per-dimension grid reduction of a resized image (patches)
 
 
 @dataclass(frozen=True)
@@ -220,22 +231,47 @@ def _exact_buckets(s: SizeSet, *, batch_size: int, seed: int, **_: object) -> Pl
     return plan
 
 
-def _dbb(s: SizeSet, *, batch_size: int, seed: int, min_batches: float = 4.0, mode: str = "pad", **_: object) -> Planner:
-    bins = build_bins(s.gh, s.gw, sizer=BatchSizer(batch_size=batch_size), min_batches=min_batches, mode=mode)
+def _dbb(
+    s: SizeSet,
+    *,
+    batch_size: int,
+    seed: int,
+    min_batches: float = 4.0,
+    mode: str = "pad",
+    resize_bound: int = 1,
+    token_budget: int | None = None,
+    **_: object,
+) -> Planner:
+    sizer = BatchSizer(token_budget=token_budget) if token_budget else BatchSizer(batch_size=batch_size)
+    bins = build_bins(s.gh, s.gw, sizer=sizer, min_batches=min_batches, mode=mode, resize_bound=resize_bound)
 
     def plan(epoch: int) -> EpochLayout:
         p = plan_epoch(bins, seed=seed, epoch=epoch, remainder="partial")
         sizes = np.fromiter((len(x) for x in p.steps), dtype=np.int64, count=len(p.steps))
         idx = np.concatenate(p.steps)
         step = np.repeat(np.arange(len(p.steps)), sizes)
-        area = (p.shape[:, 0] * p.shape[:, 1])[step]
+        H, W = p.shape[step, 0], p.shape[step, 1]
         b = np.full(s.n, -1, dtype=np.int64)
         b[idx] = step
         proc = np.zeros(s.n, dtype=np.int64)
-        proc[idx] = area
-        real = np.minimum(s.gh * s.gw, proc) if mode == "pad" else proc
+        proc[idx] = H * W
+        real = proc.copy()
+        n_resized = max_shrink = 0
+        if mode == "pad":
+            real = np.minimum(s.gh * s.gw, proc)
+        elif mode == "fit":
+            # after the bounded downscale the image keeps min(own, bin) patches per side
+            real[idx] = np.minimum(s.gh[idx], H) * np.minimum(s.gw[idx], W)
+            shrink = np.maximum(s.gh[idx] - H, s.gw[idx] - W)
+            n_resized = int((shrink > 0).sum())
+            max_shrink = int(max(0, shrink.max()))
+        full = np.where(p.bin >= 0, bins.batch[np.maximum(p.bin, 0)], bins.overflow_batch) * bins.world_size
         shapes = {tuple(x) for x in p.shape.tolist()}
-        return EpochLayout(b, real, proc, shapes, n_dropped=p.n_dropped, n_repeated=p.n_repeated)
+        return EpochLayout(
+            b, real, proc, shapes, n_dropped=p.n_dropped, n_repeated=p.n_repeated,
+            n_short=int((sizes < full).sum()), n_steps=len(p.steps), n_micro=len(p.steps),
+            n_resized=n_resized, max_shrink=max_shrink,
+        )
 
     return plan
 
@@ -247,6 +283,38 @@ STRATEGIES.register("dbb")(_dbb)
 def _dbb_resize(s: SizeSet, **kw: object) -> Planner:
     kw = {**kw, "mode": "resize"}
     return _dbb(s, **kw)  # type: ignore[arg-type]
+
+
+@STRATEGIES.register("dbb_fit")
+def _dbb_fit(s: SizeSet, **kw: object) -> Planner:
+    kw = {**kw, "mode": "fit"}
+    return _dbb(s, **kw)  # type: ignore[arg-type]
+
+
+@STRATEGIES.register("mixed")
+def _mixed(
+    s: SizeSet, *, batch_size: int, seed: int, pool_batches: float = 16.0, token_budget: int | None = None, **_: object
+) -> Planner:
+    by_size = size_order(s.gh, s.gw)
+    tokens = s.gh * s.gw
+    sizing = {"token_budget": token_budget} if token_budget else {"batch_size": batch_size}
+
+    def plan(epoch: int) -> EpochLayout:
+        p = plan_mixed_epoch(s.gh, s.gw, seed=seed, epoch=epoch, pool_batches=pool_batches, by_size=by_size, **sizing)
+        b = np.empty(s.n, dtype=np.int64)
+        b[p.order] = np.repeat(np.arange(len(p)), np.diff(p.step_bounds))
+        n_steps = len(p)
+        sizes = np.diff(p.step_bounds)
+        if token_budget:
+            # steps are cut greedily, so all but the last are full; it is short if any image still fits
+            last = int((tokens[p.order[p.step_bounds[-2] :]] + 1).sum())
+            n_short = int(last + int(tokens.min()) + 1 <= token_budget)
+        else:
+            n_short = int((sizes < batch_size).sum())
+        shapes = {tuple(x) for x in p.micro_shape.tolist()}
+        return EpochLayout(b, tokens, tokens, shapes, n_short=n_short, n_steps=n_steps, n_micro=int(p.micro_shape.shape[0]))
+
+    return plan
 
 
 def ar_buckets(max_side: int, *, step: int = 64, min_side: int | None = None) -> np.ndarray:
@@ -316,7 +384,16 @@ class StrategyResult:
     setup_s: float
     plan_s: float
     repeated_pairs: float
+    n_short: int = 0
+    n_steps: int = 0
+    n_micro: int = 0
+    n_resized: int = 0
+    max_shrink: int = 0
     extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def micro_per_step(self) -> float:
+        return self.n_micro / self.n_steps if self.n_steps else float("nan")
 
     @property
     def padding(self) -> float:
@@ -346,6 +423,11 @@ def run_strategy(name: str, sizes: SizeSet, *, label: str | None = None, **param
         setup_s=t1 - t0,
         plan_s=t2 - t1,
         repeated_pairs=repeated_pair_fraction(e0.batch_of, e1.batch_of),
+        n_short=e0.n_short,
+        n_steps=e0.n_steps,
+        n_micro=e0.n_micro,
+        n_resized=e0.n_resized,
+        max_shrink=e0.max_shrink,
     )
 
 
@@ -371,8 +453,126 @@ def run_benchmark(
     for m in min_batches:
         out.append(run_strategy("dbb", sizes, label=f"DBB min_batches={m:g}", min_batches=m, **common))
     out.append(run_strategy("dbb_resize", sizes, label=f"DBB resize min_batches={4:g}", min_batches=4, **common))
+    out.append(run_strategy("dbb_fit", sizes, label="DBB fit δ=1 min_batches=4", min_batches=4, resize_bound=1, **common))
+    out.append(run_strategy("mixed", sizes, label="mixed-shape steps, pool 16", pool_batches=16, **common))
     out.append(run_strategy("ar_buckets", sizes, label=f"AR buckets ~{max_side}^2 resize+crop", **common))
     return out
+
+
+# ------------------------------------------------------------------ subset sweep
+
+# (label, strategy, parameters); token_budget "auto" = batch_size × mean sequence length
+SWEEP_STRATEGIES: tuple[tuple[str, str, dict[str, object]], ...] = (
+    ("DBB pad, min_batches=4", "dbb", {"min_batches": 4}),
+    ("DBB pad, token budget, min_batches=4", "dbb", {"min_batches": 4, "token_budget": "auto"}),
+    ("DBB fit δ=1, min_batches=4", "dbb_fit", {"min_batches": 4, "resize_bound": 1}),
+    ("DBB fit δ=2, min_batches=1", "dbb_fit", {"min_batches": 1, "resize_bound": 2}),
+    ("mixed steps, B=64, pool 16", "mixed", {"pool_batches": 16}),
+    ("mixed steps, token budget, pool 16", "mixed", {"pool_batches": 16, "token_budget": "auto"}),
+)
+TARGETS = {"tokens": 1.02, "flops": 1.04, "repeated_pairs": 0.10, "short": 1}
+
+
+@dataclass
+class SweepRecord:
+    n: int  # subset size (= list size for the full list)
+    seed: int | None  # pandas random_state; None for the full list
+    max_side: int
+    label: str
+    tokens: float  # processed tokens / pad-to-patch
+    flops: float  # ViT-B forward FLOPs / pad-to-patch
+    repeated_pairs: float
+    n_short: int
+    micro_per_step: float
+    resized: float  # share of images downscaled (fit mode)
+    max_shrink: int
+    n_dropped: int
+    plan_s: float
+
+    @property
+    def meets_targets(self) -> bool:
+        return (
+            self.tokens <= TARGETS["tokens"] and self.flops <= TARGETS["flops"]
+            and self.repeated_pairs <= TARGETS["repeated_pairs"] and self.n_short <= TARGETS["short"]
+            and self.n_dropped == 0
+        )
+
+
+def subset_sweep(
+    sizes: pd.DataFrame,
+    *,
+    subsets: Sequence[int | None],
+    repeats: int = 3,
+    max_sides: Sequence[int] = (1024, 2048, 3072),
+    patch: int = 16,
+    batch_size: int = 64,
+    strategies: Sequence[tuple[str, str, dict[str, object]]] = SWEEP_STRATEGIES,
+    progress: Callable[[str], None] | None = None,
+) -> list[SweepRecord]:
+    """Every strategy on random subsets of a size list, relative to pad-to-patch.
+
+    Subset `n` with seed `k` is `sizes.sample(n, random_state=k)` for k = 1..repeats
+    (the issue's 7,500-image case is seed 1); `None` (or n >= the list) is the full
+    list, once. Each record is one (subset, seed, cap, strategy).
+    """
+    out: list[SweepRecord] = []
+    for n in subsets:
+        full = n is None or n >= len(sizes)
+        for seed in [None] if full else range(1, repeats + 1):
+            df = sizes if full else sizes.sample(int(n), random_state=seed)  # type: ignore[arg-type]
+            for S in max_sides:
+                s = SizeSet.build(df["height"].to_numpy(), df["width"].to_numpy(), patch=patch, max_side=S)
+                ref = run_strategy("pad_to_patch", s, batch_size=batch_size, seed=0)
+                auto = int(batch_size * (float((s.gh * s.gw).mean()) + 1))
+                for label, name, params in strategies:
+                    kw = {k: (auto if v == "auto" else v) for k, v in params.items()}
+                    r = run_strategy(name, s, label=label, batch_size=batch_size, seed=0, **kw)  # type: ignore[arg-type]
+                    out.append(SweepRecord(
+                        n=s.n, seed=None if full else seed, max_side=S, label=label,
+                        tokens=r.processed / ref.processed, flops=r.flops["vit_base"] / ref.flops["vit_base"],
+                        repeated_pairs=r.repeated_pairs, n_short=r.n_short, micro_per_step=r.micro_per_step,
+                        resized=r.n_resized / s.n, max_shrink=r.max_shrink, n_dropped=r.n_dropped, plan_s=r.plan_s,
+                    ))
+                    if progress is not None:
+                        progress(f"n={s.n} seed={seed} S={S} {label}: tokens {100 * out[-1].tokens:.2f}% "
+                                 f"FLOPs {100 * out[-1].flops:.2f}% pairs again {100 * out[-1].repeated_pairs:.1f}%")
+    return out
+
+
+def _mmm(values: Sequence[float], fmt: str) -> str:
+    v = sorted(values)
+    if len(v) == 1:
+        return fmt.format(v[0])
+    return "/".join(fmt.format(x) for x in (v[0], float(np.median(v)), v[-1]))
+
+
+def sweep_markdown(records: Sequence[SweepRecord]) -> str:
+    """One row per (subset size, cap, strategy): min/median/max over seeds."""
+    groups: dict[tuple[int, int, str], list[SweepRecord]] = {}
+    for r in records:
+        groups.setdefault((r.n, r.max_side, r.label), []).append(r)
+    lines = [
+        "| images | S | strategy | seeds | tokens % (min/med/max) | ViT-B FLOPs % | pairs again % | short steps (max) "
+        "| tensors/step | resized % | max shrink (patches) | plan s | targets |",
+        "|" + "---|" * 13,
+    ]
+    for (n, S, label), rs in groups.items():
+        lines.append(
+            f"| {n:,} | {S} | {label} | {len(rs)} | {_mmm([100 * r.tokens for r in rs], '{:.2f}')} "
+            f"| {_mmm([100 * r.flops for r in rs], '{:.2f}')} | {_mmm([100 * r.repeated_pairs for r in rs], '{:.1f}')} "
+            f"| {max(r.n_short for r in rs)} | {np.median([r.micro_per_step for r in rs]):.1f} "
+            f"| {np.median([100 * r.resized for r in rs]):.1f} | {max(r.max_shrink for r in rs)} "
+            f"| {max(r.plan_s for r in rs):.3f} | {'PASS' if all(r.meets_targets for r in rs) else 'FAIL'} |"
+        )
+    return "\n".join(lines)
+
+
+SWEEP_NOTE = (
+    "Targets (all seeds): tokens <= 102% and ViT-B FLOPs <= 104% of pad-to-patch, same-batch pairs meeting again "
+    "next epoch <= 10%, at most one short step, nothing dropped. 'tensors/step' > 1 means the step mixes grids "
+    "(gradient accumulation over micro-batches). 'DBB fit δ' downscales an image by at most δ patches per "
+    "dimension (δ·16 px) to its bin's grid, then pads; 'resized %' is the share of images downscaled."
+)
 
 
 # ----------------------------------------------------------------------- tables
@@ -507,6 +707,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--poster-dbb", type=float, default=4, help="DBB min_batches shown in the poster-shaped table")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="folder for dbb_report.md and dbb_report.tex")
+    p.add_argument(
+        "--subsample", nargs="+", default=None, metavar="N",
+        help="subset sweep instead of the full table: random subsets of N images ('all' = the whole list), "
+        "every cap of --max-side, DBB variants and mixed-shape steps; min/median/max over --repeats seeds",
+    )
+    p.add_argument("--repeats", type=int, default=3, help="seeds (pandas random_state 1..K) per subset size (default 3)")
     return p
 
 
@@ -518,6 +724,24 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.subsample is not None:
+        try:
+            subsets = [None if v == "all" else int(v) for v in args.subsample]
+        except ValueError:
+            print(f"error: --subsample takes image counts or 'all', got {args.subsample}", file=sys.stderr)
+            return 2
+        if any(n is not None and n < 1 for n in subsets) or args.repeats < 1:
+            print("error: --subsample sizes and --repeats must be positive", file=sys.stderr)
+            return 2
+        records = subset_sweep(df, subsets=subsets, repeats=args.repeats, max_sides=args.max_side,
+                               patch=args.patch, batch_size=args.batch_size)
+        text = f"### {args.sizes.name}: subset sweep, patch {args.patch}, batch {args.batch_size}\n\n" + \
+            sweep_markdown(records) + "\n\n" + SWEEP_NOTE + "\n"
+        print(text)
+        if args.out is not None:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "dbb_subsets.md").write_text(text)
+        return 0
     mds, texs = [], []
     sweep = sorted(set(args.min_batches) | {args.poster_dbb})
     for S in args.max_side:

@@ -31,15 +31,17 @@ Resampling is PIL's antialiased bilinear on float32 data.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import multiprocessing
 import os
+import shutil
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -137,16 +139,247 @@ def _fingerprint(index: pd.DataFrame) -> str:
     return h.hexdigest()
 
 
-def _results(tasks: list[tuple[str, CacheConfig]], workers: int) -> Iterator[tuple[Any, Any, Any]]:
-    if workers <= 1:
-        yield from map(_decode, tasks)
-        return
-    # "spawn": forking a parent that may hold torch/BLAS threads can deadlock.
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+# ------------------------------------------------------------------------ shards
+#
+# A cache is built as `n_shards` independent shards over contiguous row ranges, each
+# written under a temporary name and renamed into `shards/` when complete (a rename
+# is atomic on POSIX file systems), then merged into the final files, which are
+# themselves renamed into place before the manifest is written last. A killed prepare
+# therefore leaves only complete shards plus temporaries that nothing reads; the next
+# prepare with the same rows and parameters redoes only the missing shards. Shards
+# need nothing from each other, so a cluster job array can run one shard per task
+# (`prepare_shard(..., shard=i, n_shards=n)`) and a final task runs `merge`.
+
+SHARDS_DIR = "shards"
+SHARD_PLAN = "plan.json"
+DEFAULT_SHARD_ROWS = 256
+
+
+def shard_rows(n_rows: int, shard: int, n_shards: int) -> range:
+    """Index rows of shard `shard` of `n_shards`: contiguous, sizes differ by at most one."""
+    if not 0 <= shard < n_shards:
+        raise ValueError(f"shard must be in [0, {n_shards}), got {shard}")
+    return range(shard * n_rows // n_shards, (shard + 1) * n_rows // n_shards)
+
+
+def _shard_name(shard: int, n_shards: int) -> str:
+    return f"shard-{shard:05d}-of-{n_shards:05d}"
+
+
+def _validate(index: pd.DataFrame, size: int | None, native: bool, native_dtype: str, resize: str, on_error: str) -> None:
+    if size is None and not native:
+        raise ValueError("nothing to cache: size is None and native is False")
+    if size is not None and size < 1:
+        raise ValueError(f"size must be a positive number of pixels, got {size}")
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+    if native_dtype not in NATIVE_DTYPES:
+        raise ValueError(f"native_dtype must be one of {NATIVE_DTYPES}, got {native_dtype!r}")
+    if resize not in RESIZE_POLICIES:
+        raise ValueError(f"resize must be one of {RESIZE_POLICIES}, got {resize!r}")
+    for col in ("image_id", "path"):
+        if col not in index.columns:
+            raise ValueError(f"index lacks column {col!r}; has {list(index.columns)}")
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _shard_plan(out: Path, cfg: CacheConfig, fingerprint: str, n_rows: int, n_shards: int) -> int:
+    """Create or check `shards/plan.json`; returns the shard count in force.
+
+    An existing plan of the same rows and parameters wins (its shard count is kept, so
+    resuming with another worker count reuses the finished shards); a plan of other
+    rows or parameters is an error rather than a silent mix of two caches.
+    """
+    d = out / SHARDS_DIR
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / SHARD_PLAN
+    want = {"version": FORMAT_VERSION, "config": asdict(cfg), "fingerprint": fingerprint, "rows": n_rows}
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if {k: old.get(k) for k in want} != want:
+            raise FileExistsError(f"{d} holds shards of other rows or parameters; remove it or use another folder")
+        return int(old["n_shards"])
+    _atomic_write(path, json.dumps({**want, "n_shards": n_shards}, indent=2) + "\n")
+    return n_shards
+
+
+def _write_shard(
+    out: Path, rows: list[tuple[str, str]], cfg: CacheConfig, on_error: str, shard: int, n_shards: int
+) -> str:
+    """Decode `rows` (image_id, path) into one shard folder; atomic; returns its name."""
+    final = out / SHARDS_DIR / _shard_name(shard, n_shards)
+    if final.is_dir():
+        return final.name
+    tmp = out / SHARDS_DIR / f".{final.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    n = len(rows)
     try:
-        yield from pool.map(_decode, tasks, chunksize=16)
-    finally:  # on an error (policy "fail") do not decode the rest of the queue
-        pool.shutdown(wait=True, cancel_futures=True)
+        fixed = (
+            np.lib.format.open_memmap(tmp / "fixed.npy", mode="w+", dtype=np.uint8, shape=(n, cfg.size, cfg.size))
+            if cfg.size
+            else None
+        )
+        ok = np.zeros(n, dtype=bool)
+        shapes = np.zeros((n, 2), dtype=np.int64)
+        skipped: list[dict[str, str]] = []
+        with open(tmp / NATIVE_FILE, "wb") as native_fh:
+            for r, (image_id, path) in enumerate(rows):
+                small, big, error = _decode((path, cfg))
+                if error is not None:
+                    if on_error == "fail":
+                        raise ImageReadError(path, error)
+                    skipped.append({"image_id": image_id, "path": path, "reason": error})
+                    continue
+                ok[r] = True
+                if fixed is not None:
+                    fixed[r] = small
+                if big is not None:
+                    native_fh.write(np.ascontiguousarray(big).tobytes())
+                    shapes[r] = big.shape
+        if fixed is not None:
+            fixed.flush()
+            del fixed
+        np.savez(tmp / "meta.npz", ok=ok, shapes=shapes)
+        (tmp / REPORT).write_text(json.dumps(skipped) + "\n")
+        os.rename(tmp, final)  # the shard appears complete or not at all
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final.name
+
+
+def prepare_shard(
+    index: pd.DataFrame,
+    out_dir: str | Path,
+    size: int | None = 224,
+    *,
+    shard: int,
+    n_shards: int,
+    resize: str = "squash",
+    native: bool = False,
+    native_dtype: str = "uint16",
+    native_max_side: int | None = None,
+    png16: str = "container",
+    on_error: str = "skip",
+) -> Path:
+    """Decode shard `shard` of `n_shards` of `index` into `out_dir/shards/` (one cluster task).
+
+    Idempotent: a finished shard is left as it is. Every task must pass the same
+    index, parameters and `n_shards` (checked against `shards/plan.json`). Returns
+    the shard's folder; `merge` commits the cache once all shards exist.
+    """
+    _validate(index, size, native, native_dtype, resize, on_error)
+    cfg = CacheConfig(size, resize, native, native_dtype, native_max_side, png16)
+    out = Path(out_dir)
+    n_shards = _shard_plan(out, cfg, _fingerprint(index), len(index), n_shards)
+    rows = shard_rows(len(index), shard, n_shards)
+    sub = list(zip(index["image_id"].astype(str).iloc[rows.start : rows.stop], index["path"].astype(str).iloc[rows.start : rows.stop]))
+    return out / SHARDS_DIR / _write_shard(out, sub, cfg, on_error, shard, n_shards)
+
+
+def _shard_task(task: tuple[str, list[tuple[str, str]], CacheConfig, str, int, int]) -> tuple[str, str] | None:
+    """Worker: one shard; an `ImageReadError` comes back as (path, reason) (it does not pickle)."""
+    out, rows, cfg, on_error, shard, n_shards = task
+    try:
+        _write_shard(Path(out), rows, cfg, on_error, shard, n_shards)
+    except ImageReadError as exc:
+        return str(exc.path), exc.reason
+    return None
+
+
+def missing_shards(out_dir: str | Path) -> list[int]:
+    """Shards of the plan in `out_dir/shards/` that are not finished yet."""
+    d = Path(out_dir) / SHARDS_DIR
+    plan = json.loads((d / SHARD_PLAN).read_text())
+    n = int(plan["n_shards"])
+    return [i for i in range(n) if not (d / _shard_name(i, n)).is_dir()]
+
+
+def merge(index: pd.DataFrame, out_dir: str | Path, *, keep_shards: bool = False) -> dict[str, Any]:
+    """Commit a cache from its finished shards; returns the manifest.
+
+    Final files are written under temporary names, renamed into place, and the
+    manifest (`cache.json`, what `CacheReader` and the stages look for) is written
+    last, so a merge killed at any point leaves no cache a stage would read and can
+    simply be run again. Shards are removed afterwards unless `keep_shards`.
+    """
+    out = Path(out_dir)
+    d = out / SHARDS_DIR
+    plan = json.loads((d / SHARD_PLAN).read_text())
+    if plan["fingerprint"] != _fingerprint(index) or plan["rows"] != len(index):
+        raise FileExistsError(f"{d} holds shards of other rows; merge with the index they were built from")
+    missing = missing_shards(out)
+    if missing:
+        raise RuntimeError(f"{d}: {len(missing)} of {plan['n_shards']} shards are not finished (first: {missing[0]})")
+    cfg = CacheConfig(**plan["config"])
+    n, n_shards = len(index), int(plan["n_shards"])
+    tmp = f".tmp-{os.getpid()}"
+    fixed_path = out / fixed_file(cfg.size) if cfg.size else None
+    ok = np.zeros(n, dtype=bool)
+    shapes = np.zeros((n, 2), dtype=np.int64)
+    skipped: list[dict[str, str]] = []
+    fixed = (
+        np.lib.format.open_memmap(str(fixed_path) + tmp, mode="w+", dtype=np.uint8, shape=(n, cfg.size, cfg.size))
+        if fixed_path is not None
+        else None
+    )
+    with open(out / (NATIVE_FILE + tmp), "wb") if cfg.native else contextlib.nullcontext() as native_fh:
+        for s in range(n_shards):
+            sd = d / _shard_name(s, n_shards)
+            rows = shard_rows(n, s, n_shards)
+            meta = np.load(sd / "meta.npz")
+            ok[rows.start : rows.stop] = meta["ok"]
+            shapes[rows.start : rows.stop] = meta["shapes"]
+            skipped += json.loads((sd / REPORT).read_text())
+            if fixed is not None:
+                part = np.load(sd / "fixed.npy", mmap_mode="r")
+                for lo in range(0, part.shape[0], 1024):  # bounded memory
+                    fixed[rows.start + lo : rows.start + min(lo + 1024, part.shape[0])] = part[lo : lo + 1024]
+                del part
+            if native_fh is not None:
+                with open(sd / NATIVE_FILE, "rb") as src:
+                    shutil.copyfileobj(src, native_fh, 1 << 24)
+    if fixed is not None:
+        fixed.flush()
+        del fixed
+    sizes = shapes[:, 0] * shapes[:, 1]
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    cached = index.loc[ok].copy()
+    cached["cache_row"] = np.flatnonzero(ok).astype(np.int64)
+    if cfg.native:
+        cached["native_offset"] = offsets[ok]
+        cached["native_height"] = shapes[ok, 0]
+        cached["native_width"] = shapes[ok, 1]
+    cached.reset_index(drop=True).to_parquet(out / (INDEX_FILE + tmp), index=False)
+    os.replace(out / (INDEX_FILE + tmp), out / INDEX_FILE)
+    if fixed_path is not None:
+        os.replace(str(fixed_path) + tmp, fixed_path)
+    if cfg.native:
+        os.replace(out / (NATIVE_FILE + tmp), out / NATIVE_FILE)
+    if skipped:
+        log.warning("cache %s: skipped %d unreadable images, listed in %s", out, len(skipped), out / REPORT)
+    report = {"rows": n, "cached": int(ok.sum()), "skipped": len(skipped), "skipped_images": skipped}
+    _atomic_write(out / REPORT, json.dumps(report, indent=2) + "\n")
+    manifest = {
+        "version": FORMAT_VERSION,
+        "config": asdict(cfg),
+        "fingerprint": plan["fingerprint"],
+        "rows": n,
+        "cached": int(ok.sum()),
+        "skipped": len(skipped),
+        "native_elements": int(sizes.sum()),
+    }
+    _atomic_write(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    if not keep_shards:
+        shutil.rmtree(d, ignore_errors=True)
+    return manifest
 
 
 def prepare(
@@ -161,26 +394,23 @@ def prepare(
     png16: str = "container",
     on_error: str = "skip",
     workers: int = 1,
-) -> dict[str, Any]:
+    n_shards: int | None = None,
+    max_shards: int | None = None,
+) -> dict[str, Any] | None:
     """Build the cache for `index` (a standard index) in `out_dir`; returns the manifest.
 
     `size=None` with `native=True` writes only the native cache. A folder that already
     holds a complete cache of the same rows and parameters is returned unchanged; one
     holding anything else is an error (never overwritten silently).
+
+    Work is split into `n_shards` shards (default: about 256 images each, at least
+    4 per worker) decoded by `workers` processes (`0`: every core), each one image at
+    a time into its own shard files, so memory stays bounded whatever the collection
+    size. Finished shards of an interrupted run are reused. `max_shards` stops after
+    that many new shards without merging and returns None (a partial run, as if
+    killed; for tests and for spreading work over several calls).
     """
-    if size is None and not native:
-        raise ValueError("nothing to cache: size is None and native is False")
-    if size is not None and size < 1:
-        raise ValueError(f"size must be a positive number of pixels, got {size}")
-    if on_error not in ON_ERROR:
-        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
-    if native_dtype not in NATIVE_DTYPES:
-        raise ValueError(f"native_dtype must be one of {NATIVE_DTYPES}, got {native_dtype!r}")
-    if resize not in RESIZE_POLICIES:
-        raise ValueError(f"resize must be one of {RESIZE_POLICIES}, got {resize!r}")
-    for col in ("image_id", "path"):
-        if col not in index.columns:
-            raise ValueError(f"index lacks column {col!r}; has {list(index.columns)}")
+    _validate(index, size, native, native_dtype, resize, on_error)
     cfg = CacheConfig(size, resize, native, native_dtype, native_max_side, png16)
     out = Path(out_dir)
     fingerprint = _fingerprint(index)
@@ -191,81 +421,39 @@ def prepare(
             log.info("cache %s is complete for these rows and parameters; reused", out)
             return old
         raise FileExistsError(f"{out} holds a cache built from other rows or parameters; use another folder")
-    out.mkdir(parents=True, exist_ok=True)
-
+    if workers <= 0:
+        workers = os.cpu_count() or 1
     n = len(index)
-    tmp = f".tmp-{os.getpid()}"
-    fixed_path = out / fixed_file(size) if size else None
-    fixed = (
-        np.lib.format.open_memmap(str(fixed_path) + tmp, mode="w+", dtype=np.uint8, shape=(n, size, size))
-        if size
-        else None
-    )
-    native_fh = open(out / (NATIVE_FILE + tmp), "wb") if native else None
-    offsets = np.zeros(n, dtype=np.int64)
-    shapes = np.zeros((n, 2), dtype=np.int64)
-    ok = np.zeros(n, dtype=bool)
-    skipped: list[dict[str, str]] = []
-    offset = 0
-    tasks = [(str(p), cfg) for p in index["path"]]
-    tmp_files = [Path(str(fixed_path) + tmp)] if fixed_path is not None else []
-    tmp_files += [out / (NATIVE_FILE + tmp)] if native else []
-    try:
-        for row, (small, big, error) in enumerate(_results(tasks, workers)):
-            if error is not None:
-                image_id, path = str(index["image_id"].iloc[row]), tasks[row][0]
-                if on_error == "fail":
-                    raise ImageReadError(path, error)
-                skipped.append({"image_id": image_id, "path": path, "reason": error})
-                continue
-            ok[row] = True
-            if fixed is not None:
-                fixed[row] = small
-            if native_fh is not None:
-                native_fh.write(np.ascontiguousarray(big).tobytes())
-                offsets[row] = offset
-                shapes[row] = big.shape
-                offset += big.size
-    except BaseException:
-        fixed = None  # release the memory map before deleting its file
-        if native_fh is not None:
-            native_fh.close()
-        for f in tmp_files:
-            f.unlink(missing_ok=True)
-        raise
-    finally:
-        if native_fh is not None:
-            native_fh.close()
-        if fixed is not None:
-            fixed.flush()
-            del fixed
-    if skipped:
-        log.warning("cache %s: skipped %d unreadable images, listed in %s", out, len(skipped), out / REPORT)
+    if n_shards is None:
+        n_shards = max(1, min(n, max(-(-n // DEFAULT_SHARD_ROWS), 4 * workers if workers > 1 else 1)))
+    n_shards = _shard_plan(out, cfg, fingerprint, n, n_shards)
+    todo = missing_shards(out)
+    if max_shards is not None:
+        todo = todo[:max_shards]
+    ids = index["image_id"].astype(str).tolist()
+    paths = index["path"].astype(str).tolist()
 
-    cached = index.loc[ok].copy()
-    cached["cache_row"] = np.flatnonzero(ok).astype(np.int64)
-    if native:
-        cached["native_offset"] = offsets[ok]
-        cached["native_height"] = shapes[ok, 0]
-        cached["native_width"] = shapes[ok, 1]
-    cached.reset_index(drop=True).to_parquet(out / INDEX_FILE, index=False)
-    if fixed_path is not None:
-        os.replace(str(fixed_path) + tmp, fixed_path)
-    if native:
-        os.replace(out / (NATIVE_FILE + tmp), out / NATIVE_FILE)
-    report = {"rows": n, "cached": int(ok.sum()), "skipped": len(skipped), "skipped_images": skipped}
-    (out / REPORT).write_text(json.dumps(report, indent=2) + "\n")
-    manifest = {
-        "version": FORMAT_VERSION,
-        "config": asdict(cfg),
-        "fingerprint": fingerprint,
-        "rows": n,
-        "cached": int(ok.sum()),
-        "skipped": len(skipped),
-        "native_elements": int(offset),
-    }
-    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
-    return manifest
+    def task(s: int) -> tuple[str, list[tuple[str, str]], CacheConfig, str, int, int]:
+        r = shard_rows(n, s, n_shards)
+        return (str(out), list(zip(ids[r.start : r.stop], paths[r.start : r.stop])), cfg, on_error, s, n_shards)
+
+    if workers <= 1 or len(todo) <= 1:
+        for s in todo:
+            failed = _shard_task(task(s))
+            if failed is not None:
+                raise ImageReadError(*failed)
+    else:
+        # "spawn": forking a parent that may hold torch/BLAS threads can deadlock.
+        pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn"))
+        try:
+            for failed in pool.map(_shard_task, (task(s) for s in todo)):
+                if failed is not None:
+                    raise ImageReadError(*failed)
+        finally:  # on an error (policy "fail") do not start the remaining shards
+            pool.shutdown(wait=True, cancel_futures=True)
+    if max_shards is not None and missing_shards(out):
+        return None
+    return merge(index, out)
 
 
 class CacheReader:

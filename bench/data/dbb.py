@@ -46,7 +46,7 @@ from torch.utils.data._utils.collate import default_collate
 
 from bench.compute import ViTConfig, encoder_flops, get_vit_config
 
-MODES = ("pad", "resize")
+MODES = ("pad", "resize", "fit")
 REMAINDER_POLICIES = ("partial", "drop", "fill")
 
 
@@ -172,6 +172,8 @@ class Bins:
     overflow_count: int  # images in the overflow pool per epoch
     world_size: int
     mode: str
+    resize_bound: int = 0  # fit mode: most patches an image's grid shrinks per dimension
+
 
     @property
     def n_bins(self) -> int:
@@ -185,20 +187,26 @@ def _merge_sparse(
     sizer: BatchSizer,
     world_size: int,
     min_batches: float,
+    resize_bound: int = 0,
 ) -> np.ndarray:
     """Greedy agglomeration of distinct grids; returns the final owner of each grid.
 
     While some bin holds fewer than `min_batches` global batches, the sparsest one
-    is merged into the bin for which the merge adds the fewest padding tokens:
-    `(n_a + n_b)·area(max shape) − n_a·area_a − n_b·area_b`.
+    is merged into the bin for which the merge adds the fewest processed tokens:
+    `(n_a + n_b)·area(shape of union) − n_a·area_a − n_b·area_b`. A bin's shape is
+    its envelope, or with `resize_bound` δ > 0 the envelope shrunk by up to δ per
+    dimension but never below the smallest member (`fit_shape`).
     """
+    d = int(resize_bound)
     H = gh.astype(np.int64).copy()
     W = gw.astype(np.int64).copy()
+    Hmin, Wmin = H.copy(), W.copy()
     cnt = n.astype(np.float64).copy()
     ids = np.arange(H.size)  # position -> original grid id (compacted now and then)
     owner = np.arange(H.size)
     need = min_batches * sizer(H, W).astype(np.float64) * world_size
     ratio = cnt / need
+    area = H * W  # area of each bin's shape (members of one grid: no resize)
     dead = np.zeros(H.size, dtype=bool)
     alive = H.size
     while alive > 1:
@@ -207,13 +215,21 @@ def _merge_sparse(
             break
         Hn = np.maximum(H, H[a])
         Wn = np.maximum(W, W[a])
-        cost = (cnt + cnt[a]) * (Hn * Wn) - cnt * (H * W) - cnt[a] * (H[a] * W[a])
+        if d:
+            Hs = np.maximum(Hn - d, np.minimum(Hmin, Hmin[a]))
+            Ws = np.maximum(Wn - d, np.minimum(Wmin, Wmin[a]))
+            cost = (cnt + cnt[a]) * (Hs * Ws) - cnt * area - cnt[a] * area[a]
+        else:
+            Hs, Ws = Hn, Wn
+            cost = (cnt + cnt[a]) * (Hn * Wn) - cnt * area - cnt[a] * area[a]
         cost[dead] = np.inf
         cost[a] = np.inf
         b = int(np.argmin(cost))
         H[b], W[b] = Hn[b], Wn[b]
+        Hmin[b], Wmin[b] = min(Hmin[b], Hmin[a]), min(Wmin[b], Wmin[a])
+        area[b] = Hs[b] * Ws[b]
         cnt[b] += cnt[a]
-        need[b] = min_batches * float(sizer(H[b : b + 1], W[b : b + 1])[0]) * world_size
+        need[b] = min_batches * float(sizer(Hs[b : b + 1], Ws[b : b + 1])[0]) * world_size
         ratio[b] = cnt[b] / need[b]
         owner[ids[a]] = ids[b]
         dead[a] = True
@@ -222,6 +238,7 @@ def _merge_sparse(
         if alive < H.size // 2 and H.size > 256:
             keep = ~dead
             H, W, cnt, need, ratio, ids = H[keep], W[keep], cnt[keep], need[keep], ratio[keep], ids[keep]
+            Hmin, Wmin, area = Hmin[keep], Wmin[keep], area[keep]
             dead = dead[keep]
     # path-compress owner chains to their final bin
     while True:
@@ -239,6 +256,7 @@ def build_bins(
     world_size: int = 1,
     min_batches: float = 4.0,
     mode: str = "pad",
+    resize_bound: int = 1,
 ) -> Bins:
     """Form bins over patch grids; see the module docstring for the algorithm.
 
@@ -246,9 +264,18 @@ def build_bins(
     batches of its own images. Larger values give fewer, coarser bins (more padding,
     fewer shapes, more varied batch compositions); smaller values give tighter bins
     but more leftovers to promote.
+
+    `resize_bound` (δ, patches; fit mode only) bounds the resize: an image whose grid
+    exceeds its batch's shape is downscaled by at most δ patches per dimension, then
+    padded. A bin's shape is `max(envelope − δ, smallest member)` per dimension, so a
+    bin of one grid is never resized, and leftovers are promoted only to bins they
+    reach within δ.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if resize_bound < 0:
+        raise ValueError(f"resize_bound must be >= 0 patches, got {resize_bound}")
+    delta = int(resize_bound) if mode == "fit" else 0
     if world_size < 1:
         raise ValueError(f"world_size must be >= 1, got {world_size}")
     if min_batches <= 0:
@@ -265,7 +292,7 @@ def build_bins(
     key = gh * (int(gw.max()) + 1) + gw
     uniq, inv, ucount = np.unique(key, return_inverse=True, return_counts=True)
     ugh, ugw = uniq // (int(gw.max()) + 1), uniq % (int(gw.max()) + 1)
-    owner = _merge_sparse(ugh, ugw, ucount, sizer, world_size, min_batches)
+    owner = _merge_sparse(ugh, ugw, ucount, sizer, world_size, min_batches, delta)
     roots, grid_bin = np.unique(owner, return_inverse=True)
     assign = grid_bin[inv]
     K = roots.size
@@ -277,6 +304,12 @@ def build_bins(
     envelope = np.stack([env_h, env_w], axis=1)
     if mode == "pad":
         shape = envelope.copy()
+    elif mode == "fit":
+        min_h = np.full(K, np.iinfo(np.int64).max, dtype=np.int64)
+        min_w = min_h.copy()
+        np.minimum.at(min_h, assign, gh)
+        np.minimum.at(min_w, assign, gw)
+        shape = np.stack([np.maximum(env_h - delta, min_h), np.maximum(env_w - delta, min_w)], axis=1)
     else:
         mean_h = np.bincount(assign, weights=gh, minlength=K) / counts
         mean_w = np.bincount(assign, weights=gw, minlength=K) / counts
@@ -289,8 +322,23 @@ def build_bins(
     rank_of = np.empty(K, dtype=np.int64)
     rank_of[order] = np.arange(K)
     parent = np.full(K, -1, dtype=np.int64)
-    chunk = max(1, (1 << 22) // K)  # rows per block: bounds the K×K comparison to ~4M cells
-    for lo in range(0, K, chunk):
+    # reach: element-wise max grid of any image that can end in bin k (own + promoted)
+    reach = envelope.copy()
+    if delta:
+        # a parent's shape must take every image that can reach the child within δ;
+        # reach grows along parent links, so parents are chosen children-first
+        for k in order:
+            ok = (shape[:, 0] >= reach[k, 0] - delta) & (shape[:, 1] >= reach[k, 1] - delta)
+            ok &= rank_of > rank_of[k]
+            if ok.any():
+                cand = np.flatnonzero(ok)
+                p = int(cand[np.argmin(shape[cand, 0] * shape[cand, 1])])
+                parent[k] = p
+                reach[p] = np.maximum(reach[p], reach[k])
+        chunk = K + 1  # skip the cover search below
+    else:
+        chunk = max(1, (1 << 22) // K)  # rows per block: bounds the K×K comparison to ~4M cells
+    for lo in range(0, K if not delta else 0, chunk):
         rows = slice(lo, min(K, lo + chunk))
         covers = (env_h[None, :] >= env_h[rows, None]) & (env_w[None, :] >= env_w[rows, None])
         covers &= rank_of[None, :] > rank_of[rows, None]
@@ -313,8 +361,9 @@ def build_bins(
             else:
                 overflow += rem
                 ov_h, ov_w = max(ov_h, int(shape[k, 0])), max(ov_w, int(shape[k, 1]))
-                if mode == "pad":
-                    ov_h, ov_w = max(ov_h, int(env_h[k])), max(ov_w, int(env_w[k]))
+                if mode != "resize":
+                    ov_h = max(ov_h, int(reach[k, 0]) - delta)
+                    ov_w = max(ov_w, int(reach[k, 1]) - delta)
     ov_batch = int(sizer(np.array([max(ov_h, 1)]), np.array([max(ov_w, 1)]))[0]) if overflow else 0
     return Bins(
         grid=np.stack([gh, gw], axis=1),
@@ -332,6 +381,7 @@ def build_bins(
         overflow_count=overflow,
         world_size=world_size,
         mode=mode,
+        resize_bound=delta,
     )
 
 
@@ -459,6 +509,224 @@ def plan_epoch(bins: Bins, *, seed: int, epoch: int, remainder: str = "partial")
     )
 
 
+# ------------------------------------------------------------- mixed-shape steps
+
+
+@dataclass
+class MixedPlan:
+    """One epoch of mixed-shape steps: each step is a few single-shape micro-batches.
+
+    Why: a step of one tensor shape needs a full batch of (nearly) equal grids. On a
+    small or very diverse size list (5,000 PadChest images at S=3072: 60% of images
+    have fewer than 64 others within ±1 patch per side) that forces either padding or
+    the same batch-mates every epoch. With gradient accumulation over micro-batches
+    an optimizer step can mix shapes: every image runs at its own grid (zero padding,
+    exactly pad-to-patch tokens and FLOPs), and step composition is as random as the
+    `pool_batches` knob allows.
+
+    `order` lists every used image, grouped by step, then by micro-batch;
+    `step_bounds[s]:step_bounds[s+1]` are step s's positions in `order`,
+    `micro_bounds[m]:micro_bounds[m+1]` micro-batch m's; `micro_shape[m]` its grid,
+    `micro_step[m]` its step. Deterministic in (seed, epoch).
+    """
+
+    order: np.ndarray
+    step_bounds: np.ndarray  # (S + 1,)
+    micro_bounds: np.ndarray  # (M + 1,)
+    micro_shape: np.ndarray  # (M, 2)
+    micro_step: np.ndarray  # (M,)
+    world_size: int
+    n_images: int
+    tokens: np.ndarray  # (N,) per-image sequence length incl. prefix (for rank splits)
+
+    def __len__(self) -> int:
+        return int(self.step_bounds.size - 1)
+
+    @property
+    def steps(self) -> list[np.ndarray]:
+        return [self.order[a:b] for a, b in zip(self.step_bounds[:-1], self.step_bounds[1:])]
+
+    def micro_batches(self, step: int, rank: int = 0) -> list[tuple[np.ndarray, tuple[int, int]]]:
+        """(indices, grid) of the micro-batches rank `rank` runs in `step`.
+
+        The step's images (sorted by grid) are split into `world_size` contiguous
+        chunks of near-equal tokens, so each rank gets whole or cut micro-batches.
+        """
+        a, b = int(self.step_bounds[step]), int(self.step_bounds[step + 1])
+        lo, hi = a, b
+        if self.world_size > 1:
+            cum = np.cumsum(self.tokens[self.order[a:b]])
+            cuts = np.searchsorted(cum, cum[-1] * np.arange(1, self.world_size) / self.world_size, side="left")
+            edges = np.concatenate([[0], cuts + 1, [b - a]]).clip(0, b - a)
+            edges = np.maximum.accumulate(edges)
+            lo, hi = a + int(edges[rank]), a + int(edges[rank + 1])
+        m0 = int(np.searchsorted(self.micro_bounds, lo, side="right")) - 1
+        out = []
+        for m in range(max(m0, 0), self.micro_bounds.size - 1):
+            s, e = max(int(self.micro_bounds[m]), lo), min(int(self.micro_bounds[m + 1]), hi)
+            if s >= hi:
+                break
+            if e > s:
+                out.append((self.order[s:e], (int(self.micro_shape[m, 0]), int(self.micro_shape[m, 1]))))
+        return out
+
+
+def size_order(grid_h: np.ndarray, grid_w: np.ndarray) -> np.ndarray:
+    """Image indices sorted by grid (h, then w, then index): the static part of mixed planning."""
+    gh = np.asarray(grid_h, dtype=np.int64)
+    gw = np.asarray(grid_w, dtype=np.int64)
+    if gh.size and (gh.max() >= 1 << 15 or gw.max() >= 1 << 15):
+        raise ValueError("grids must be < 32768 patches per side")
+    return np.argsort((gh << 15) | gw, kind="stable")
+
+
+def plan_mixed_epoch(
+    grid_h: np.ndarray,
+    grid_w: np.ndarray,
+    *,
+    seed: int,
+    epoch: int,
+    batch_size: int | None = None,
+    token_budget: int | None = None,
+    pool_batches: float = 16.0,
+    world_size: int = 1,
+    num_prefix_tokens: int = 1,
+    by_size: np.ndarray | None = None,
+) -> MixedPlan:
+    """Plan an epoch of mixed-shape steps (see `MixedPlan`), vectorised over images.
+
+    1. Sort images by grid (h, then w, random tie-break) and cut the order into
+       pools of about `pool_batches` steps, at a random offset each epoch.
+    2. Shuffle within pools; concatenate pools in size order.
+    3. Cut steps of `batch_size × world_size` images, or greedily of at most
+       `token_budget × world_size` tokens (incl. prefix); only the epoch's last step
+       can be short, and it is placed last.
+    4. Shuffle the step order; inside a step, images of one grid form a micro-batch.
+
+    `by_size` (from `size_order`, cached by callers) saves one sort per epoch.
+    A step's images come from one or two neighbouring pools, so micro-batches stay
+    large where sizes are dense; a same-step pair meets again next epoch with
+    probability about 1 / `pool_batches`.
+    """
+    if (batch_size is None) == (token_budget is None):
+        raise ValueError("set exactly one of batch_size and token_budget")
+    if pool_batches < 1:
+        raise ValueError(f"pool_batches must be >= 1, got {pool_batches}")
+    gh = np.asarray(grid_h, dtype=np.int64).ravel()
+    gw = np.asarray(grid_w, dtype=np.int64).ravel()
+    n = gh.size
+    if n == 0:
+        raise ValueError("cannot plan an empty dataset")
+    rng = np.random.default_rng([int(seed), int(epoch), 2])
+    tokens = gh * gw + num_prefix_tokens
+    if batch_size is not None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        per_step = float(batch_size * world_size)
+    else:
+        budget = int(token_budget) * world_size  # type: ignore[arg-type]
+        if tokens.max() > int(token_budget):  # type: ignore[arg-type]
+            raise ValueError(f"token_budget {token_budget} is smaller than the largest sequence ({int(tokens.max())} tokens)")
+        per_step = budget / float(tokens.mean())
+    pool = max(1, int(round(pool_batches * per_step)))
+    if by_size is None:
+        by_size = size_order(gh, gw)
+    # positions p of the size order: shuffle within pools (random offset), cut steps
+    pool_id = (np.arange(n, dtype=np.int64) + int(rng.integers(pool))) // pool
+    perm = np.argsort(pool_id + rng.random(n))  # shuffled pools, pools in size order
+    if batch_size is not None:
+        G = batch_size * world_size
+        step_seq = np.arange(n, dtype=np.int64) // G
+    else:
+        cum = np.concatenate([[0], np.cumsum(tokens[by_size[perm]])])
+        starts = [0]
+        while True:
+            end = int(np.searchsorted(cum, cum[starts[-1]] + budget, side="right")) - 1
+            if end >= n:
+                break
+            starts.append(max(end, starts[-1] + 1))
+        step_seq = np.repeat(np.arange(len(starts)), np.diff(np.append(starts, n)))
+    n_steps = int(step_seq[-1]) + 1
+    # shuffle full steps; the last step (the only one that can be short) stays last
+    new_id = np.append(rng.permutation(n_steps - 1), n_steps - 1)
+    sid_at = np.empty(n, dtype=np.int64)
+    sid_at[perm] = new_id[step_seq]
+    # a stable sort by step keeps the size order inside each step: equal grids are adjacent
+    pos = np.argsort(sid_at.astype(np.uint16) if n_steps <= 1 << 16 else sid_at, kind="stable")
+    order = by_size[pos]
+    sid = sid_at[pos]
+    h, w = gh[order], gw[order]
+    change = np.flatnonzero((sid[1:] != sid[:-1]) | (h[1:] != h[:-1]) | (w[1:] != w[:-1])) + 1
+    micro_bounds = np.concatenate([[0], change, [n]]).astype(np.int64)
+    starts_m = micro_bounds[:-1]
+    step_bounds = np.searchsorted(sid, np.arange(n_steps + 1), side="left").astype(np.int64)
+    return MixedPlan(
+        order=order,
+        step_bounds=step_bounds,
+        micro_bounds=micro_bounds,
+        micro_shape=np.stack([h[starts_m], w[starts_m]], axis=1),
+        micro_step=sid[starts_m],
+        world_size=world_size,
+        n_images=n,
+        tokens=tokens,
+    )
+
+
+class MixedStepSampler:
+    """Per-rank mixed-shape steps: `iter()` yields one list of `BinBatch` per step.
+
+    The training loop runs every micro-batch of a step (forward + backward, loss
+    weighted by its share of the step's images) and then one optimizer step. Same
+    batch sizing and (seed, epoch, rank, world_size) contract as `DBBBatchSampler`.
+    """
+
+    def __init__(
+        self,
+        grid_h: Sequence[int] | np.ndarray,
+        grid_w: Sequence[int] | np.ndarray,
+        *,
+        batch_size: int | None = None,
+        token_budget: int | None = None,
+        pool_batches: float = 16.0,
+        num_prefix_tokens: int = 1,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+        self.gh = np.asarray(grid_h, dtype=np.int64)
+        self.gw = np.asarray(grid_w, dtype=np.int64)
+        self.kw = dict(batch_size=batch_size, token_budget=token_budget, pool_batches=pool_batches,
+                       world_size=world_size, num_prefix_tokens=num_prefix_tokens)
+        self.seed, self.rank, self.world_size, self.epoch = int(seed), int(rank), int(world_size), 0
+        self._by_size = size_order(self.gh, self.gw)
+        self._plan: MixedPlan | None = None
+        self._plan_epoch: int | None = None
+        self._len = len(self.plan(0))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def plan(self, epoch: int | None = None) -> MixedPlan:
+        e = self.epoch if epoch is None else int(epoch)
+        if self._plan is None or self._plan_epoch != e:
+            self._plan = plan_mixed_epoch(
+                self.gh, self.gw, seed=self.seed, epoch=e, by_size=self._by_size, **self.kw  # type: ignore[arg-type]
+            )
+            self._plan_epoch = e
+        return self._plan
+
+    def __iter__(self) -> Iterator[list[BinBatch]]:
+        plan = self.plan()
+        for s in range(len(plan)):
+            yield [BinBatch(idx.tolist(), shape) for idx, shape in plan.micro_batches(s, self.rank)]
+
+    def __len__(self) -> int:
+        """Steps per epoch; fixed for a fixed batch size, may vary by one with a token budget."""
+        return len(self.plan())
+
+
 # -------------------------------------------------------------------------- sampler
 
 
@@ -482,7 +750,9 @@ class DBBBatchSampler(Sampler[list[int]]):
         batch_size / token_budget / flop_budget / model / num_prefix_tokens:
             per-rank batch sizing, see `BatchSizer`.
         min_batches: minimum global batches of own images per bin (main DBB knob).
-        mode: "pad" (pad to the bin envelope) or "resize" (resize to the bin shape).
+        mode: "pad" (pad to the bin envelope), "resize" (resize to the bin shape) or
+            "fit" (downscale by at most `resize_bound` patches per dimension, then pad).
+        resize_bound: δ of fit mode, in patches (see `build_bins`).
         remainder: policy for the one short step of an epoch: "partial" (keep it
             short; if it has fewer images than ranks, repeat some so every rank gets
             one), "drop" (skip it), "fill" (repeat its images up to a full step).
@@ -505,6 +775,7 @@ class DBBBatchSampler(Sampler[list[int]]):
         num_prefix_tokens: int = 1,
         min_batches: float = 4.0,
         mode: str = "pad",
+        resize_bound: int = 1,
         remainder: str = "partial",
         seed: int = 0,
         rank: int = 0,
@@ -523,7 +794,7 @@ class DBBBatchSampler(Sampler[list[int]]):
         )
         self.bins = build_bins(
             np.asarray(grid_h), np.asarray(grid_w), sizer=self.sizer, world_size=world_size,
-            min_batches=min_batches, mode=mode,
+            min_batches=min_batches, mode=mode, resize_bound=resize_bound,
         )
         self.remainder = remainder
         self.seed = int(seed)
@@ -601,13 +872,21 @@ def _as_chw(image: Any) -> torch.Tensor:
 
 
 def pad_to_grid(
-    images: Sequence[torch.Tensor], shape: tuple[int, int], *, patch: int, mode: str = "pad"
+    images: Sequence[torch.Tensor],
+    shape: tuple[int, int],
+    *,
+    patch: int,
+    mode: str = "pad",
+    max_shrink: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack (C, h, w) images into one (B, C, H·p, W·p) tensor for grid `shape` = (H, W).
 
     pad mode: each image sits top-left, zero-padded right and bottom (timm's
     `dynamic_img_pad` convention); its grid `ceil(h/p) × ceil(w/p)` must fit.
     resize mode: each image is resized to exactly (H·p, W·p).
+    fit mode: a side longer than the bin's (h > H·p) is downscaled to exactly H·p
+    pixels (the other side independently), then the image is padded as in pad mode;
+    `max_shrink` (patches) rejects images whose grid exceeds the bin by more.
 
     Returns `(images, valid)`; `valid` is (B, H·W) bool in row-major patch order
     (timm's flatten order), True where a patch holds image pixels. A patch that is
@@ -631,6 +910,14 @@ def pad_to_grid(
             continue
         h, w = int(im.shape[1]), int(im.shape[2])
         gh, gw = -(-h // patch), -(-w // patch)
+        if mode == "fit" and (gh > H or gw > W):
+            if max_shrink is not None and max(gh - H, gw - W) > max_shrink:
+                raise ValueError(
+                    f"image {i} of grid {gh}x{gw} exceeds bin grid {H}x{W} by more than {max_shrink} patches"
+                )
+            h, w = min(h, H * patch), min(w, W * patch)
+            im = _resize(im, (h, w))
+            gh, gw = -(-h // patch), -(-w // patch)
         if gh > H or gw > W:
             raise ValueError(f"image {i} of {h}x{w} px (grid {gh}x{gw}) does not fit bin grid {H}x{W} at patch {patch}")
         out[i, :, :h, :w] = im

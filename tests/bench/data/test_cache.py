@@ -77,7 +77,9 @@ def test_fail_policy_names_file(tmp_path: Path) -> None:
     with pytest.raises(ImageReadError, match="cut.png"):
         prepare(_index(tmp_path), tmp_path / "cache", size=16, on_error="fail")
     assert not (tmp_path / "cache" / MANIFEST).exists()
-    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == []  # temporary files removed
+    # only the shard plan is left: the failing shard's temporaries are removed, no final files
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["shards"]
+    assert sorted(p.name for p in (tmp_path / "cache" / "shards").iterdir()) == ["plan.json"]
     with pytest.raises(FileNotFoundError, match="not a complete cache"):
         CacheReader(tmp_path / "cache")
 
@@ -155,5 +157,8 @@ def test_synthetic_padchest_known_bad_is_skipped(tmp_path: Path) -> None:
 
 def test_fail_policy_with_workers(tmp_path: Path) -> None:
     with pytest.raises(ImageReadError, match="cut.png"):
-        prepare(_index(tmp_path), tmp_path / "cache", size=16, on_error="fail", workers=2)
-    assert list((tmp_path / "cache").iterdir()) == []
+        prepare(_index(tmp_path), tmp_path / "cache", size=16, on_error="fail", workers=2, n_shards=5)
+    assert not (tmp_path / "cache" / MANIFEST).exists()
+    left = sorted(p.name for p in (tmp_path / "cache" / "shards").iterdir())
+    # finished shards stay for a resume; the corrupt image's shard (row 1) never completes
+    assert "shard-00001-of-00005" not in left and not any(name.startswith(".") for name in left)
