@@ -272,19 +272,24 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
         raise CLIError("prepare the fixed-size cache (--size N) and the native cache (--size 0 --native) in two calls")
     out = cache_dir_for(args.cache_dir, args.site, opts) / (f"size{args.size}" if args.size else "native")
     png16 = site_read_options(args.site).get("png16", "container")
+    kw = dict(size=args.size or None, native=args.native, native_max_side=args.native_max_side, png16=png16, on_error=args.on_error)
     t0 = time.time()
-    manifest = prepare(
-        index,
-        out,
-        size=args.size or None,
-        native=args.native,
-        native_max_side=args.native_max_side,
-        png16=png16,
-        on_error=args.on_error,
-        workers=args.workers,
-    )
+    if args.shard is not None:
+        # one task of a cluster job array: decode one shard, merge when it was the last one missing
+        from bench.data.cache import merge, missing_shards, prepare_shard
+
+        if args.n_shards is None:
+            raise CLIError("--shard needs --n-shards (the same on every task)")
+        done = prepare_shard(index, out, **kw, shard=args.shard, n_shards=args.n_shards)
+        print(f"shard {args.shard} of {args.n_shards} for {args.site} at {done} in {time.time() - t0:.1f}s")
+        if args.merge and not missing_shards(out):
+            merge(index, out)
+            print(f"all shards done: cache committed at {out}")
+        return 0
+    manifest = prepare(index, out, **kw, workers=args.workers, n_shards=args.n_shards)
+    assert manifest is not None
     dt = time.time() - t0
-    print(f"cache for {args.site} ({len(index)} images) at {out} in {dt:.1f}s")
+    print(f"cache for {args.site} ({len(index)} images) at {out} in {dt:.1f}s ({len(index) / max(dt, 1e-9):.1f} images/s)")
     counts = {k: v for k, v in manifest.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     if counts:
         print("  " + ", ".join(f"{k}={v}" for k, v in counts.items()))
@@ -304,10 +309,10 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
         if args.root and len(args.sites) > 1:
             raise CLIError("--root names one site's folder; with several sites use --data-root")
         root = _site_root(args, site)
-        table = site_stats(site, root, args.labels, options=opts)
+        indexes[site] = load_index(site, str(root), opts, None)  # loaded once: the stats table and the summary
+        table = site_stats(site, root, args.labels, options=opts, index=indexes[site])
         files = write_tables(table, out / f"{site}_stats")
         print(f"== {site} ({root})\n{to_markdown(table)}\n   -> {', '.join(str(f) for f in files)}")
-        indexes[site] = load_index(site, str(root), opts, None)
     if len(indexes) > 1:
         summary = dataset_summary(indexes)
         files = write_tables(summary, out / "datasets_summary")
@@ -420,7 +425,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--native", action="store_true", help="write the native-resolution cache for variable-size (DBB) pre-training; use with --size 0")
     pr.add_argument("--native-max-side", type=int, default=None, help="cap the native cache's longer side (px)")
     pr.add_argument("--on-error", choices=["skip", "fail"], default="skip", help="corrupt images: skip (listed in report.json) or fail")
-    pr.add_argument("--workers", type=int, default=1, help="decode processes")
+    pr.add_argument("--workers", type=int, default=0, help="decode processes (0: every core; default); an interrupted prepare resumes from its finished shards")
+    pr.add_argument("--n-shards", type=int, default=None, help="split the work into N shards (default: ~256 images each)")
+    pr.add_argument("--shard", type=int, default=None, help="decode only shard I of --n-shards (one task of a job array, e.g. $SLURM_ARRAY_TASK_ID)")
+    pr.add_argument("--merge", action="store_true", help="with --shard: commit the cache if every shard is done")
     pr.add_argument("--cache-dir", type=Path, default=DEFAULT_RESULTS / "cache", help="caches root; stages of `bench run --results R` use R/cache (default %(default)s)")
     pr.set_defaults(fn=cmd_data_prepare)
 

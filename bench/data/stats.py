@@ -146,9 +146,12 @@ def site_stats(
     options: Mapping[str, object] | None = None,
     by: str | None = "split",
     include_all: bool = True,
+    index: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """`dataset_stats` of a site's standard index, loaded from `root` with `options`.
 
+    Pass `index` when the caller already loaded it (`bench data stats` also needs it for
+    the summary table): indexing NIH costs about a CPU-minute, so it is done once.
     When the site's module defines ``demographics(root, **options)`` (PadChest does),
     its ages and sexes fill the age and sex rows.
     """
@@ -158,7 +161,8 @@ def site_stats(
 
     adapter = get_site(site)
     opts = dict(options or {})
-    index = adapter.load_index(Path(root), **opts)
+    if index is None:
+        index = adapter.load_index(Path(root), **opts)
     provider = getattr(sys.modules[type(adapter).__module__], "demographics", None)
     demo = provider(Path(root), **opts) if callable(provider) else None
     return dataset_stats(index, labels, by=by, include_all=include_all, demographics=demo)

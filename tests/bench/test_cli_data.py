@@ -96,3 +96,28 @@ def test_corrupt_image_is_skipped_and_reported_or_fails_by_policy(tmp_path: Path
     (ft,) = list((failing / "store").glob("finetune-*"))
     status = json.loads((ft / "status.json").read_text())
     assert status["state"] == "failed" and str(victim) in status["error"]
+
+
+def test_stats_index_each_site_once(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 12: `bench data stats` indexed every site twice (a CPU-minute of header reads on NIH)."""
+    import shutil
+
+    from bench.data.sites import get_site
+
+    fresh = tmp_path / "data"  # a root no index memo of this process has seen
+    for site in ("nih", "chexpert"):
+        shutil.copytree(data / site, fresh / site)
+    calls: list[str] = []
+    for site in ("nih", "chexpert"):
+        cls = type(get_site(site))
+        real = cls.load_index
+
+        def counted(self, root, _real=real, **options):  # type: ignore[no-untyped-def]
+            calls.append(self.name)
+            return _real(self, root, **options)
+
+        monkeypatch.setattr(cls, "load_index", counted)
+    out = tmp_path / "tables"
+    assert main(["data", "stats", "nih", "chexpert", "--data-root", str(fresh), "--out", str(out)]) == 0
+    assert sorted(calls) == ["chexpert", "nih"]
+    assert (out / "datasets_summary.csv").is_file() and (out / "nih_stats.csv").is_file()
