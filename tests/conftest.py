@@ -8,17 +8,11 @@ not come up is an error, never a skip, because `.ci/run` installs the packages.
 
 from __future__ import annotations
 
-import os
 from typing import Iterator
 
 import pytest
 
-from slurm_cluster import SlurmCluster, SlurmClusterError, missing_binaries
-
-
-def _in_ci() -> bool:
-    """True under CI, where skipping the SLURM tests would hide a broken set-up."""
-    return os.environ.get("CI", "").strip().lower() not in {"", "0", "false", "no"}
+from slurm_cluster import SlurmCluster, SlurmClusterError, require_slurm
 
 
 @pytest.fixture(scope="session")
@@ -27,23 +21,11 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
 
     Use :func:`slurm` in tests instead, unless you manage ``SLURM_CONF`` and leftover jobs yourself.
     """
-    missing = missing_binaries()
-    reason = ""
-    if missing:
-        reason = (
-            f"SLURM/munge binaries not installed ({', '.join(missing)}); "
-            "install the Debian packages slurmctld slurmd slurm-client munge (as .ci/run does)"
-        )
-    elif os.geteuid() != 0:
-        reason = "the test SLURM cluster needs root (slurmd starts jobs as their user)"
-    if reason:
-        if _in_ci():
-            pytest.fail(f"CI must run the SLURM tests: {reason}", pytrace=False)
-        pytest.skip(reason)
+    require_slurm()
     cluster = SlurmCluster()
     try:
         cluster.start()
-    except SlurmClusterError as e:
+    except SlurmClusterError as e:  # under CI and elsewhere: the packages are there, so this is a bug
         pytest.fail(f"the test SLURM cluster did not start: {e}", pytrace=False)
     print(f"\nSLURM test cluster up in {cluster.startup_s:.2f} s ({cluster.conf})")
     try:

@@ -62,6 +62,32 @@ def missing_binaries() -> list[str]:
     return [b for b in REQUIRED_BINARIES if _which(b) is None]
 
 
+def in_ci() -> bool:
+    """True under CI (``CI`` set to anything but empty/0/false/no), where skipping the SLURM tests
+    would hide a broken set-up: `.ci/run` installs the packages and exports CI."""
+    return os.environ.get("CI", "").strip().lower() not in {"", "0", "false", "no"}
+
+
+def require_slurm() -> None:
+    """Skip the calling test (pytest) when this machine cannot run the cluster - SLURM/munge binaries
+    missing, or not root - with the reason; under CI fail instead, since CI must not skip."""
+    import pytest
+
+    missing = missing_binaries()
+    reason = ""
+    if missing:
+        reason = (
+            f"SLURM/munge binaries not installed ({', '.join(missing)}); "
+            "install the Debian packages slurmctld slurmd slurm-client munge (as .ci/run does)"
+        )
+    elif os.geteuid() != 0:
+        reason = "the test SLURM cluster needs root (slurmd starts jobs as their user)"
+    if reason:
+        if in_ci():
+            pytest.fail(f"CI must run the SLURM tests: {reason}", pytrace=False)
+        pytest.skip(reason)
+
+
 def _which(name: str) -> str | None:
     """``shutil.which`` that also looks in the sbin folders (not on a non-root PATH)."""
     path = os.environ.get("PATH", "") + os.pathsep + os.pathsep.join(["/usr/sbin", "/sbin", "/usr/local/sbin"])
@@ -283,6 +309,20 @@ class SlurmCluster:
         rec = self.job(job_id)
         return parse_slurm_time(rec.get("StartTime")), parse_slurm_time(rec.get("EndTime"))
 
+    def all_jobs(self) -> dict[str, dict[str, str]]:
+        """Every job SLURM still knows (finished ones for MinJobAge = 300 s), keyed by job id, array
+        tasks as ``<ArrayJobId>_<ArrayTaskId>`` (submitit's job_id spelling)."""
+        out = self.run(["scontrol", "show", "job", "-o"], timeout=15).stdout
+        jobs: dict[str, dict[str, str]] = {}
+        for line in out.splitlines():
+            if not line.strip() or line.startswith("No jobs"):
+                continue
+            rec = parse_scontrol_line(line)
+            task = rec.get("ArrayTaskId")
+            key = f"{rec['ArrayJobId']}_{task}" if task and "ArrayJobId" in rec else rec["JobId"]
+            jobs[key] = rec
+        return jobs
+
     def queue(self) -> list[str]:
         """Ids of all jobs SLURM still lists as pending/running/completing (array tasks as ``A_I``)."""
         out = self.run(["squeue", "-h", "-o", "%i"], timeout=15).stdout
@@ -371,7 +411,8 @@ class SlurmCluster:
         try:
             env = {**os.environ, "SLURM_CONF": str(self.root / "slurm.conf")}
             return subprocess.Popen([exe, *args[1:]], stdout=out, stderr=subprocess.STDOUT, env=env,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+                                    stdin=subprocess.DEVNULL, start_new_session=True,
+                                    preexec_fn=_die_with_parent)
         finally:
             out.close()
 
@@ -483,6 +524,17 @@ class SlurmCluster:
             if marker in environ.split(b"\0"):
                 with contextlib.suppress(OSError):
                     os.kill(int(entry.name), signal.SIGKILL)
+
+
+def _die_with_parent() -> None:
+    """In the forked daemon, before exec: ask Linux for SIGTERM when the starting thread dies, so that
+    a test run killed without teardown (``timeout`` sends SIGTERM, which skips Python's finally
+    blocks) does not leave the daemons running. Best effort: a no-op where prctl is unavailable."""
+    import ctypes
+
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
 
 
 def _current_user() -> str:

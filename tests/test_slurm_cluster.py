@@ -9,6 +9,7 @@ which submitit's watcher calls - fails; see test_sacct_is_off_so_states_come_fro
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ import cloudpickle
 import pytest
 import submitit
 
-from slurm_cluster import SlurmCluster
+from slurm_cluster import SlurmCluster, parse_slurm_time, require_slurm
 
 pytestmark = pytest.mark.slurm
 
@@ -256,6 +257,26 @@ def test_two_tasks_form_a_gloo_group(slurm: SlurmCluster, tmp_path: Path) -> Non
         assert r["world_size"] == 2 and r["local_rank"] == r["rank"] == r["job_env_rank"]
         assert r["sum"] == 3.0
     assert slurm.state(job.job_id) == "COMPLETED"
+
+
+def test_extra_cpus_run_small_jobs_side_by_side(tmp_path: Path) -> None:
+    """A second, private cluster whose node advertises more CPUs than the machine has
+    (``SlurmdParameters=config_overrides``): that many 1-CPU jobs run at once, as a concurrency test
+    needs; the session cluster is unaffected and both are torn down independently."""
+    require_slurm()
+    n = (os.cpu_count() or 1) + 3
+    with SlurmCluster(cpus=n) as cluster:
+        ids = [cluster.sbatch(wrap="sleep 3") for _ in range(n)]
+        _wait_for(lambda: all(cluster.state(i) != "PENDING" for i in ids), 30, "all jobs to start")
+        for i in ids:
+            cluster.wait_done(i, timeout=60)
+        jobs = cluster.all_jobs()
+        assert {jobs[i]["JobState"] for i in ids} == {"COMPLETED"}
+        starts = [parse_slurm_time(jobs[i]["StartTime"]) for i in ids]
+        ends = [parse_slurm_time(jobs[i]["EndTime"]) for i in ids]
+        assert max(starts) < min(ends)  # every job started before any ended: they overlapped
+        root = cluster.root
+    assert root is not None and not root.exists()
 
 
 def _wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
