@@ -278,7 +278,9 @@ def prepare_shard(
     _validate(index, size, native, native_dtype, resize, on_error)
     cfg = CacheConfig(size, resize, native, native_dtype, native_max_side, png16)
     out = Path(out_dir)
-    n_shards = _shard_plan(out, cfg, _fingerprint(index), len(index), n_shards)
+    planned = _shard_plan(out, cfg, _fingerprint(index), len(index), n_shards)
+    if planned != n_shards:
+        raise ValueError(f"{out / SHARDS_DIR} was planned with {planned} shards, this task says {n_shards}")
     rows = shard_rows(len(index), shard, n_shards)
     sub = list(zip(index["image_id"].astype(str).iloc[rows.start : rows.stop], index["path"].astype(str).iloc[rows.start : rows.stop]))
     return out / SHARDS_DIR / _write_shard(out, sub, cfg, on_error, shard, n_shards)

@@ -12,7 +12,17 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from bench.data.cache import MANIFEST, REPORT, CacheReader, prepare, resize_square
+from bench.data.cache import (
+    MANIFEST,
+    REPORT,
+    CacheReader,
+    merge,
+    missing_shards,
+    prepare,
+    prepare_shard,
+    resize_square,
+    shard_rows,
+)
 from bench.data.io import ImageReadError, read_image
 
 
@@ -162,3 +172,114 @@ def test_fail_policy_with_workers(tmp_path: Path) -> None:
     left = sorted(p.name for p in (tmp_path / "cache" / "shards").iterdir())
     # finished shards stay for a resume; the corrupt image's shard (row 1) never completes
     assert "shard-00001-of-00005" not in left and not any(name.startswith(".") for name in left)
+
+
+# ------------------------------------------------------------- shards and resume
+
+
+def _many(tmp_path: Path, n: int = 9) -> pd.DataFrame:
+    """`n` 16-bit images of varied sizes plus one truncated file (row 3)."""
+    rng = np.random.default_rng(3)
+    rows = []
+    for i in range(n):
+        h, w = int(rng.integers(20, 60)), int(rng.integers(20, 60))
+        rows.append((f"im{i}", _png(tmp_path / "src" / f"im{i}.png", rng.integers(0, 65535, (h, w), dtype=np.uint16))))
+    data = Path(rows[3][1]).read_bytes()
+    Path(rows[3][1]).write_bytes(data[: len(data) // 3])
+    return pd.DataFrame({"image_id": [r[0] for r in rows], "path": [r[1] for r in rows], "split": "train"})
+
+
+def _same_cache(a: Path, b: Path) -> None:
+    """Bit-for-bit equal pixel files, equal index and report, equal manifest."""
+    for name in ("images_24.npy", "native.bin", REPORT, MANIFEST):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    pd.testing.assert_frame_equal(pd.read_parquet(a / "index.parquet"), pd.read_parquet(b / "index.parquet"))
+    assert not (a / "shards").exists() and not (b / "shards").exists()
+
+
+def test_interrupted_prepare_resumes_to_the_one_shot_cache(tmp_path: Path) -> None:
+    index = _many(tmp_path)
+    kw = dict(size=24, native=True)
+    one_shot = prepare(index, tmp_path / "one", n_shards=1, **kw)
+    # a run stopped after 2 of 4 shards, plus the temporaries of a shard killed mid-write
+    assert prepare(index, tmp_path / "res", n_shards=4, max_shards=2, **kw) is None
+    stray = tmp_path / "res" / "shards" / ".shard-00002-of-00004.tmp-99999"
+    stray.mkdir()
+    (stray / "fixed.npy").write_bytes(b"half written")
+    assert missing_shards(tmp_path / "res") == [2, 3]
+    assert not (tmp_path / "res" / MANIFEST).exists() and not (tmp_path / "res" / "images_24.npy").exists()
+    with pytest.raises(FileNotFoundError, match="not a complete cache"):
+        CacheReader(tmp_path / "res")
+    resumed = prepare(index, tmp_path / "res", n_shards=4, workers=2, **kw)
+    assert resumed == one_shot
+    _same_cache(tmp_path / "res", tmp_path / "one")
+    reader = CacheReader(tmp_path / "res")
+    assert len(reader) == 8 and "im3" not in set(reader.index["image_id"])
+
+
+def test_shards_as_a_job_array_then_merge(tmp_path: Path) -> None:
+    index = _many(tmp_path, n=7)
+    kw = dict(size=24, native=True)
+    prepare(index, tmp_path / "one", **kw)
+    out = tmp_path / "array"
+    for shard in (2, 0):  # tasks finish in any order
+        prepare_shard(index, out, shard=shard, n_shards=3, **kw)
+    with pytest.raises(RuntimeError, match="1 of 3 shards are not finished"):
+        merge(index, out)
+    with pytest.raises(ValueError, match="planned with 3 shards"):
+        prepare_shard(index, out, shard=1, n_shards=4, **kw)
+    with pytest.raises(FileExistsError, match="other rows or parameters"):
+        prepare_shard(index, out, shard=1, n_shards=3, size=32, native=True)
+    prepare_shard(index, out, shard=1, n_shards=3, **kw)
+    prepare_shard(index, out, shard=1, n_shards=3, **kw)  # a re-run task is a no-op
+    merge(index, out)
+    _same_cache(out, tmp_path / "one")
+    assert [len(shard_rows(10, s, 3)) for s in range(3)] == [3, 3, 4]
+
+
+def test_stage_finds_committed_cache_only(tmp_path: Path) -> None:
+    from bench.train.data import cache_dir_for, open_cache
+
+    index = _many(tmp_path, n=5)
+    root = tmp_path / "caches"
+    d = cache_dir_for(root, "nih", {})
+    prepare(index, d / "size24", size=24, n_shards=3, max_shards=1)
+    assert open_cache(root, "nih", {}, 24) is None  # partial: stages decode from source
+    prepare(index, d / "size24", size=24, n_shards=3)
+    reader = open_cache(root, "nih", {}, 24)
+    assert reader is not None and len(reader) == 4
+    src = read_image(index["path"][0])
+    np.testing.assert_array_equal(reader.raw(0), np.round(resize_square(src, 24) * 255).astype(np.uint8))
+    prepare(index, d / "native", size=None, native=True, n_shards=2)
+    native = open_cache(root, "nih", {}, 0)
+    assert native is not None and native.native(1).shape == read_image(index["path"][1]).shape
+
+
+@pytest.mark.slow
+def test_killed_process_resumes(tmp_path: Path) -> None:
+    """A real SIGKILL mid-prepare: the rerun completes and equals a one-shot cache."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    index = _many(tmp_path, n=24)
+    index.to_parquet(tmp_path / "index.parquet")
+    out = tmp_path / "killed"
+    code = (
+        "import pandas as pd; from bench.data.cache import prepare; "
+        f"prepare(pd.read_parquet({str(tmp_path / 'index.parquet')!r}), {str(out)!r}, size=24, native=True, n_shards=24)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "shards").is_dir() and any(p.name.startswith("shard-") for p in (out / "shards").iterdir()):
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / MANIFEST).exists(), "the run finished before it could be killed"
+    prepare(index, out, size=24, native=True, n_shards=24)
+    prepare(index, tmp_path / "one", size=24, native=True)
+    _same_cache(out, tmp_path / "one")
