@@ -23,6 +23,15 @@ Configuration choices, each for a reason:
   ``scontrol``/``squeue`` are the only sources of job states and start/end times.
 * ``SchedulerParameters=sched_interval=1,bf_interval=1``: pending jobs are considered every second.
 * ``KillWait=3``: a cancelled or requeued job is SIGKILLed 3 s after SIGTERM (submitit ignores SIGTERM).
+
+submitit without sacct (measured with submitit 1.5.4 and SLURM 22.05): its watcher runs
+``sacct -o JobID,State,NodeList --parsable2 -j ...``, which exits 1; submitit logs "Bypassing sacct
+error ..., status may be inaccurate" and keeps no state, so ``job.state`` is ``UNKNOWN`` forever and
+``job.done()`` is true only once the job's result pickle exists. Jobs that end through Python
+(returned or raised) are therefore seen normally (``result()`` returns or raises FailedJobError); a job
+that never runs or is killed outside Python (a cancelled dependant, scancel, a node loss) is never
+"done" and ``job.result()``/``job.wait()`` would block forever. Tests (and code that must survive a
+site without accounting) wait on :meth:`SlurmCluster.wait_done` (``scontrol``) first.
 """
 
 from __future__ import annotations

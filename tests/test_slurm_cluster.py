@@ -182,8 +182,9 @@ def test_afterok_dependant_starts_after_upstream_ended(slurm: SlurmCluster, tmp_
     up = ex.submit(write_after, str(marker), 2.0)
     ex.update_parameters(slurm_additional_parameters={"dependency": f"afterok:{up.job_id}"})
     down = ex.submit(read_marker, str(marker))
-    pending = slurm.wait_state(down.job_id, "PENDING", timeout=10)
-    assert pending["Reason"] == "Dependency"
+    # Held back by the dependency while the upstream runs (its body sleeps 2 s).
+    _wait_for(lambda: slurm.job(down.job_id)["Reason"] == "Dependency", 10, "the dependant to wait on its upstream")
+    assert slurm.state(down.job_id) == "PENDING"
     assert _result(down, slurm) == "upstream done"
     assert slurm.state(up.job_id) == "COMPLETED" and slurm.state(down.job_id) == "COMPLETED"
     up_start, up_end = slurm.times(up.job_id)
