@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -78,6 +79,52 @@ def _check_classes(v: str | list[str]) -> str | list[str]:
     return _one_of(v, [*LABEL_SETS, SITE_CLASSES, "<list of label columns>"])
 
 
+def _range(
+    low: float | None = None, high: float | None = None, *, low_open: bool = False, high_open: bool = False
+) -> AfterValidator:
+    """A numeric field's allowed range, checked when the matrix is loaded.
+
+    A value out of range (`finetune: {epochs: -3}`) would otherwise plan fine and fail
+    hours later inside a stage; the error names the value and the range, and
+    `_format_error` adds the file and key path. NaN and infinities are never allowed.
+    """
+    if low is not None and high is not None:
+        allowed = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    elif low is not None:
+        allowed = f"{'>' if low_open else '>='} {low:g}"
+    else:
+        allowed = f"{'<' if high_open else '<='} {high:g}"
+
+    def check(v: Any) -> Any:
+        ok = math.isfinite(v)
+        if ok and low is not None:
+            ok = v > low if low_open else v >= low
+        if ok and high is not None:
+            ok = v < high if high_open else v <= high
+        if not ok:
+            raise ValueError(f"{v!r} is out of range; allowed: {allowed}")
+        return v
+
+    return AfterValidator(check)
+
+
+AtLeast1 = Annotated[int, _range(1)]  # epochs, batch sizes, image sizes, counts
+NonNegativeInt = Annotated[int, _range(0)]  # seeds
+Positive = Annotated[float, _range(0, low_open=True)]  # learning rates, clipping norms
+NonNegative = Annotated[float, _range(0)]  # weight decay, minimum lr, warm-up epochs
+
+
+def _backbone_patch(name: str) -> int | None:
+    """Patch size of a patch-based backbone (ViT, Swin), None for a CNN."""
+    import backbones
+
+    spec = backbones.get_spec(name)
+    if spec.timm_kwargs.get("patch_size"):
+        return int(spec.timm_kwargs["patch_size"])
+    m = re.search(r"patch(\d+)", spec.timm_name)
+    return int(m.group(1)) if m else None
+
+
 # Names checked against the live registries, so a new site/label set is accepted without edits here.
 SiteName = Annotated[str, AfterValidator(lambda v: _one_of(v, _site_names()))]
 LabelSetName = Annotated[str, AfterValidator(lambda v: _one_of(v, list(LABEL_SETS)))]
@@ -88,9 +135,9 @@ class BatchingCfg(_Strict):
     """How pre-training batches are formed: fixed square resize, or Dynamic Batch Binning."""
 
     mode: Literal["fixed", "dbb"] = "fixed"
-    max_side: int = 512
-    patch: int | None = None
-    token_budget: int | None = None
+    max_side: AtLeast1 = 512
+    patch: AtLeast1 | None = None
+    token_budget: AtLeast1 | None = None
     options: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -99,17 +146,17 @@ class PretrainCfg(_Strict):
     dataset: SiteName | None = None
     site_options: dict[str, Any] = Field(default_factory=dict)
     splits: list[Literal["train", "val", "test"]] = Field(default_factory=lambda: ["train", "val"])
-    subset: int | None = None  # random N images (the paper: 100,000)
+    subset: AtLeast1 | None = None  # random N images (the paper: 100,000)
     classes: LabelSetName = "nih14"  # only for method: supervised
-    epochs: int = 1
-    batch_size: int = 64
-    lr: float = 1e-4
-    min_lr: float = 1e-6
-    weight_decay: float = 0.04
-    warmup_epochs: float = 0.0
-    clip_grad: float | None = 3.0
+    epochs: AtLeast1 = 1
+    batch_size: AtLeast1 = 64
+    lr: Positive = 1e-4
+    min_lr: NonNegative = 1e-6
+    weight_decay: NonNegative = 0.04
+    warmup_epochs: NonNegative = 0.0
+    clip_grad: Positive | None = 3.0
     clip_mode: Literal["global", "per_tensor"] = "global"  # per_tensor: the DINO/GMML/SiT reference rule
-    weight_decay_end: float | None = None  # cosine weight-decay schedule (DINO/GMML: 0.04 -> 0.4)
+    weight_decay_end: NonNegative | None = None  # cosine weight-decay schedule (DINO/GMML: 0.04 -> 0.4)
     options: dict[str, Any] = Field(default_factory=dict)  # method config (mask ratio, ...)
     batching: BatchingCfg = Field(default_factory=BatchingCfg)
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on GPUs that support it
@@ -118,13 +165,6 @@ class PretrainCfg(_Strict):
     @classmethod
     def _method(cls, v: str) -> str:
         return _one_of(v, [*NON_SSL_METHODS, *_ssl_method_names()])
-
-    @field_validator("epochs", "batch_size")
-    @classmethod
-    def _positive(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError(f"{v} must be >= 1")
-        return v
 
     @model_validator(mode="after")
     def _dataset_needed(self) -> "PretrainCfg":
@@ -146,19 +186,19 @@ class FinetuneCfg(_Strict):
     classes: Classes = "nih14"  # a label set, `site` (the site's own labels) or a list of label columns
     task: Literal["multilabel", "multiclass"] = "multilabel"  # sigmoid + BCE, or softmax + cross-entropy
     pool: Literal["default", "avg", "token"] = "default"  # ViT feature pooling for the head (timm global_pool)
-    seeds: list[int] = Field(default_factory=lambda: [0])
+    seeds: list[NonNegativeInt] = Field(default_factory=lambda: [0])
     mode: Literal["finetune", "linear_probe"] = "finetune"
-    epochs: int = 30
-    batch_size: int = 64
+    epochs: AtLeast1 = 30
+    batch_size: AtLeast1 = 64
     optimizer: Literal["adamw", "sgd"] = "adamw"
-    lr: float = 2.5e-4
-    min_lr: float = 1e-6
-    weight_decay: float = 0.05
-    warmup_epochs: float = 0.0
+    lr: Positive = 2.5e-4
+    min_lr: NonNegative = 1e-6
+    weight_decay: NonNegative = 0.05
+    warmup_epochs: NonNegative = 0.0
     label_subset: float | int | None = None  # few-label regime: fraction (<1) or count, drawn by patient
-    val_fraction: float = 0.1  # carved from train by patient when the site has no val split
+    val_fraction: Annotated[float, _range(0, 1, low_open=True, high_open=True)] = 0.1  # carved from train by patient when the site has no val split
     augment: bool = True
-    patience: int | None = None  # early stop on val AUC
+    patience: AtLeast1 | None = None  # early stop on val AUC
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on GPUs that support it
 
     @field_validator("seeds")
@@ -168,6 +208,16 @@ class FinetuneCfg(_Strict):
             raise ValueError("needs at least one seed")
         if len(set(v)) != len(v):
             raise ValueError(f"seeds {v} contain duplicates")
+        return v
+
+    @field_validator("label_subset")
+    @classmethod
+    def _label_subset(cls, v: float | int | None) -> float | int | None:
+        if v is None:
+            return v
+        ok = v >= 1 if isinstance(v, int) else math.isfinite(v) and 0 < v <= 1
+        if not ok:
+            raise ValueError(f"{v!r} is out of range; allowed: a fraction in (0, 1] or a count >= 1")
         return v
 
 
@@ -186,7 +236,7 @@ class Experiment(_Strict):
     description: str = ""
     backbone: str
     init: str = "random"
-    image_size: int = 224
+    image_size: AtLeast1 = 224
     in_chans: int = 1
     pretrain: PretrainCfg = Field(default_factory=PretrainCfg)
     finetune: FinetuneCfg = Field(default_factory=FinetuneCfg)
@@ -210,6 +260,21 @@ class Experiment(_Strict):
     @classmethod
     def _chans(cls, v: int) -> int:
         return int(_one_of(str(v), ("1", "3")))
+
+    @model_validator(mode="after")
+    def _sizes_fit_the_patch(self) -> "Experiment":
+        """A ViT/Swin input smaller than one patch fails only when the stage builds the model."""
+        patch = _backbone_patch(self.backbone)
+        if patch is not None and self.image_size < patch:
+            raise ValueError(
+                f"image_size: {self.image_size} is smaller than the patch size of backbone "
+                f"{self.backbone!r}; allowed: >= {patch}"
+            )
+        b = self.pretrain.batching
+        dbb_patch = b.patch or patch
+        if b.mode == "dbb" and dbb_patch is not None and b.max_side < dbb_patch:
+            raise ValueError(f"pretrain.batching.max_side: {b.max_side} is smaller than the patch size; allowed: >= {dbb_patch}")
+        return self
 
     @model_validator(mode="after")
     def _evaluate_unique(self) -> "Experiment":

@@ -138,3 +138,57 @@ def test_repo_matrices_are_valid() -> None:
     for f in files:
         m = load_matrix(f)
         assert m.experiments
+
+
+@pytest.mark.parametrize(
+    "fields, where, shown, allowed",
+    [
+        ("finetune: {epochs: -3}", "finetune.epochs", "-3", ">= 1"),
+        ("finetune: {batch_size: 0}", "finetune.batch_size", "0", ">= 1"),
+        ("finetune: {lr: 0}", "finetune.lr", "0.0", "> 0"),
+        ("finetune: {lr: .nan}", "finetune.lr", "nan", "> 0"),
+        ("finetune: {min_lr: -1.0e-6}", "finetune.min_lr", "-1e-06", ">= 0"),
+        ("finetune: {weight_decay: -0.05}", "finetune.weight_decay", "-0.05", ">= 0"),
+        ("finetune: {warmup_epochs: -1}", "finetune.warmup_epochs", "-1.0", ">= 0"),
+        ("finetune: {seeds: [0, -1]}", "finetune.seeds[1]", "-1", ">= 0"),
+        ("finetune: {val_fraction: 1.0}", "finetune.val_fraction", "1.0", "(0, 1)"),
+        ("finetune: {label_subset: 1.5}", "finetune.label_subset", "1.5", "a fraction in (0, 1] or a count >= 1"),
+        ("finetune: {label_subset: 0}", "finetune.label_subset", "0", "a fraction in (0, 1] or a count >= 1"),
+        ("finetune: {patience: 0}", "finetune.patience", "0", ">= 1"),
+        ("pretrain: {method: mae, dataset: nih, epochs: 0}", "pretrain.epochs", "0", ">= 1"),
+        ("pretrain: {method: mae, dataset: nih, lr: -1.0e-4}", "pretrain.lr", "-0.0001", "> 0"),
+        ("pretrain: {method: mae, dataset: nih, subset: 0}", "pretrain.subset", "0", ">= 1"),
+        ("pretrain: {method: mae, dataset: nih, clip_grad: 0}", "pretrain.clip_grad", "0.0", "> 0"),
+        ("pretrain: {method: mae, dataset: nih, weight_decay_end: -1}", "pretrain.weight_decay_end", "-1.0", ">= 0"),
+        ("pretrain: {method: mae, dataset: nih, batching: {mode: dbb, max_side: 0}}", "pretrain.batching.max_side", "0", ">= 1"),
+        ("pretrain: {method: mae, dataset: nih, batching: {mode: dbb, token_budget: -5}}", "pretrain.batching.token_budget", "-5", ">= 1"),
+        ("image_size: 0", "image_size", "0", ">= 1"),
+    ],
+)
+def test_numeric_fields_out_of_range_fail_at_load(tmp_path: Path, fields: str, where: str, shown: str, allowed: str) -> None:
+    """Issue 14.6: `finetune: {epochs: -3}` planned fine and failed at run time (`best.tmp.pt`)."""
+    p = write(tmp_path, f"experiments:\n  - {{id: a, {fields}}}\n")
+    with pytest.raises(MatrixError) as ei:
+        load_matrix(p)
+    assert str(ei.value) == f"{p}: experiments[0].{where}: {shown} is out of range; allowed: {allowed}"
+
+
+def test_sizes_smaller_than_the_patch_fail_at_load(tmp_path: Path) -> None:
+    p = write(tmp_path, "experiments:\n  - {id: a, image_size: 4}\n")  # vit_tiny_demo: 8-px patches
+    with pytest.raises(MatrixError, match=r"experiments\[0\]: image_size: 4 is smaller than the patch size .*allowed: >= 8"):
+        load_matrix(p)
+    p = write(tmp_path, "experiments:\n  - {id: a, pretrain: {method: mae, dataset: nih, batching: {mode: dbb, max_side: 6}}}\n")
+    with pytest.raises(MatrixError, match=r"pretrain.batching.max_side: 6 is smaller than the patch size; allowed: >= 8"):
+        load_matrix(p)
+    assert load_matrix(write(tmp_path, "experiments:\n  - {id: a, backbone: resnet_tiny_demo, image_size: 4}\n"))
+
+
+def test_range_edges_are_accepted(tmp_path: Path) -> None:
+    m = load_matrix(write(tmp_path, """
+experiments:
+  - {id: a, image_size: 8, finetune: {seeds: [0], label_subset: 1.0, val_fraction: 0.5, min_lr: 0, warmup_epochs: 0, patience: 1}}
+  - {id: b, finetune: {label_subset: 652}, pretrain: {method: mae, dataset: nih, clip_grad: null, subset: 1, batching: {mode: dbb, max_side: 8}}}
+"""))
+    a, b = m.experiments
+    assert a.finetune.label_subset == 1.0 and isinstance(a.finetune.label_subset, float) and a.finetune.min_lr == 0
+    assert b.finetune.label_subset == 652 and isinstance(b.finetune.label_subset, int) and b.pretrain.clip_grad is None
