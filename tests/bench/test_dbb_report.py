@@ -194,3 +194,45 @@ def test_padchest_targets() -> None:
         assert dbb.processed <= 1.02 * ref.processed
         assert dbb.flops["vit_base"] <= 1.04 * ref.flops["vit_base"]
         assert 0 < dbb.repeated_pairs < 0.25
+
+
+# ------------------------------------------------------------------ subset sweep
+
+
+def test_subsample_cli_prints_min_median_max(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rng = np.random.default_rng(5)
+    p = tmp_path / "sizes.csv"
+    pd.DataFrame({"height": rng.integers(300, 900, 400), "width": rng.integers(300, 900, 400)}).to_csv(p, index=False)
+    args = [str(p), "--subsample", "150", "all", "--repeats", "2", "--max-side", "512", "--batch-size", "8"]
+    assert main([*args, "--out", str(tmp_path / "o")]) == 0
+    md = (tmp_path / "o" / "dbb_subsets.md").read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| 150 |")]
+    assert len(rows) == 6 and all("| 2 |" in r for r in rows)  # 6 strategies, 2 seeds each
+    tok = rows[0].split("|")[5].strip().split("/")
+    assert len(tok) == 3 and float(tok[0]) <= float(tok[1]) <= float(tok[2])  # min/median/max
+    full = [line for line in md.splitlines() if line.startswith("| 400 |")]
+    assert len(full) == 6 and all("| 1 |" in r for r in full)
+    assert "mixed steps" in capsys.readouterr().out
+    assert main([str(p), "--subsample", "x"]) == 2
+
+
+@pytest.mark.slow
+def test_padchest_7500_subset_mixed_steps_meet_targets_and_fit_bound_holds() -> None:
+    """The issue's case (sample(7500, random_state=1), S=3072): single-shape DBB misses, mixed steps meet all targets."""
+    from bench.dbb_report import subset_sweep
+
+    df = read_sizes(_padchest_csv())
+    records = subset_sweep(
+        df, subsets=[7500], repeats=1, max_sides=(3072,),
+        strategies=(
+            ("dbb", "dbb", {"min_batches": 4}),
+            ("fit", "dbb_fit", {"min_batches": 4, "resize_bound": 1}),
+            ("mixed", "mixed", {"pool_batches": 16}),
+        ),
+    )
+    by = {r.label: r for r in records}
+    assert by["dbb"].tokens == pytest.approx(1.1237, abs=5e-4)  # the issue's 112.4% / 120.8%
+    assert by["dbb"].flops == pytest.approx(1.2082, abs=5e-4)
+    assert by["fit"].max_shrink == 1 and by["fit"].resized > 0 and by["fit"].n_dropped == 0
+    m = by["mixed"]
+    assert m.tokens == 1.0 and m.flops == 1.0 and m.repeated_pairs <= 0.10 and m.n_short <= 1 and m.meets_targets

@@ -17,12 +17,15 @@ from bench.data.dbb import (
     BinBatch,
     BinnedDataset,
     DBBBatchSampler,
+    MixedStepSampler,
     PadCollate,
     build_bins,
     grid_size,
     pad_to_grid,
     plan_epoch,
+    plan_mixed_epoch,
     policy_size,
+    size_order,
 )
 
 
@@ -344,3 +347,162 @@ def test_dataloader_end_to_end_pads_to_bin_shape() -> None:
 def test_binbatch_keeps_shape_through_pickle() -> None:
     b = pickle.loads(pickle.dumps(BinBatch([3, 1, 2], (5, 7))))
     assert b == [3, 1, 2] and b.shape == (5, 7)
+
+
+# ------------------------------------------------------- fit mode (bounded resize)
+
+
+def _steps_of(plan) -> list[tuple[np.ndarray, tuple[int, int]]]:
+    return [(idx, tuple(int(v) for v in shape)) for idx, shape in zip(plan.steps, plan.shape)]
+
+
+@pytest.mark.parametrize("delta", [1, 2])
+def test_fit_mode_resizes_by_at_most_delta_and_keeps_every_image(delta: int) -> None:
+    rng = np.random.default_rng(12)
+    gh, gw = rng.integers(20, 60, 4000), rng.integers(20, 60, 4000)
+    s = DBBBatchSampler(gh, gw, batch_size=16, min_batches=2, mode="fit", resize_bound=delta, seed=3)
+    bins = s.bins
+    # a bin of one grid is never resized; a merged bin is its envelope shrunk by <= delta, never below its smallest member
+    for k in range(bins.n_bins):
+        m = bins.assign == k
+        assert (bins.shape[k] >= bins.envelope[k] - delta).all()
+        assert bins.shape[k, 0] >= gh[m].min() and bins.shape[k, 1] >= gw[m].min()
+        if len(set(zip(gh[m].tolist(), gw[m].tolist()))) == 1:
+            assert tuple(bins.shape[k]) == (gh[m][0], gw[m][0])
+    shrunk = 0
+    for epoch in (0, 1):
+        plan = s.plan(epoch)
+        seen = np.concatenate(plan.steps)
+        assert np.array_equal(np.sort(seen), np.arange(gh.size))  # every image exactly once
+        short = 0
+        for (idx, (H, W)), k in zip(_steps_of(plan), plan.bin):
+            assert (gh[idx] - H <= delta).all() and (gw[idx] - W <= delta).all()
+            shrunk += int(((gh[idx] > H) | (gw[idx] > W)).sum())
+            full = (bins.batch[k] if k >= 0 else bins.overflow_batch) * bins.world_size
+            short += len(idx) < full
+        assert short <= 1
+    assert shrunk > 0  # the bound is exercised, not vacuous
+
+
+def test_fit_mode_without_spread_equals_pad_mode() -> None:
+    # two dense grids far apart: nothing to merge, so fit changes nothing
+    gh = np.array([10] * 64 + [30] * 64)
+    gw = np.array([12] * 64 + [31] * 64)
+    pad = build_bins(gh, gw, sizer=BatchSizer(batch_size=16), min_batches=2, mode="pad")
+    fit = build_bins(gh, gw, sizer=BatchSizer(batch_size=16), min_batches=2, mode="fit", resize_bound=3)
+    assert np.array_equal(pad.shape, fit.shape) and np.array_equal(pad.assign, fit.assign)
+    with pytest.raises(ValueError, match="resize_bound"):
+        build_bins(gh, gw, sizer=BatchSizer(batch_size=16), mode="fit", resize_bound=-1)
+
+
+def test_fit_collate_downscales_only_the_sides_that_exceed() -> None:
+    patch = 8
+    tall = torch.rand(1, 40, 24) + 0.1  # grid 5 x 3
+    small = torch.rand(1, 16, 16) + 0.1  # grid 2 x 2
+    x, valid = pad_to_grid([tall, small], (4, 3), patch=patch, mode="fit", max_shrink=1)
+    assert x.shape == (2, 1, 32, 24)
+    assert torch.all(x[0] > 0)  # 40 px rows resized to exactly 32, width kept: no padding
+    assert valid[0].all() and valid[1].sum() == 4
+    assert torch.equal(x[1, :, :16, :16], small)  # fits: padded, pixels untouched
+    with pytest.raises(ValueError, match="more than 1 patches"):
+        pad_to_grid([torch.rand(1, 48, 20)], (4, 3), patch=patch, mode="fit", max_shrink=1)
+
+
+# ------------------------------------------------------------ mixed-shape steps
+
+
+@pytest.mark.parametrize("world_size", [1, 3])
+@pytest.mark.parametrize("sizing", [{"batch_size": 10}, {"token_budget": 6000}])
+def test_mixed_steps_every_image_once_exact_grids_one_short_step(world_size: int, sizing: dict) -> None:
+    gh, gw = _grids(2500, seed=13)
+    tokens = gh * gw + 1
+    for epoch in (0, 1):
+        plan = plan_mixed_epoch(gh, gw, seed=4, epoch=epoch, world_size=world_size, **sizing)
+        assert np.array_equal(np.sort(plan.order), np.arange(gh.size))
+        sizes = np.diff(plan.step_bounds)
+        step_tokens = np.add.reduceat(tokens[plan.order], plan.step_bounds[:-1])
+        if "batch_size" in sizing:
+            G = sizing["batch_size"] * world_size
+            assert (sizes[:-1] == G).all() and 1 <= sizes[-1] <= G  # only the last step may be short
+        else:
+            budget = sizing["token_budget"] * world_size
+            assert (step_tokens <= budget).all()
+            # a step closes only when the next image does not fit, so every step but the
+            # last is within one (largest) sequence of the budget
+            assert (step_tokens[:-1] > budget - tokens.max()).all()
+        seen = []
+        for s in range(len(plan)):
+            members = plan.order[plan.step_bounds[s] : plan.step_bounds[s + 1]]
+            got = []
+            for rank in range(world_size):
+                for idx, (H, W) in plan.micro_batches(s, rank):
+                    assert (gh[idx] == H).all() and (gw[idx] == W).all()  # exact grid: no padding
+                    got.extend(idx.tolist())
+            assert sorted(got) == sorted(members.tolist())
+            seen.extend(got)
+        assert len(seen) == gh.size
+
+
+def test_mixed_steps_reshuffle_and_determinism() -> None:
+    gh, gw = _grids(6000, seed=14)
+    a = plan_mixed_epoch(gh, gw, seed=1, epoch=0, batch_size=16, pool_batches=16)
+    b = plan_mixed_epoch(gh, gw, seed=1, epoch=0, batch_size=16, pool_batches=16)
+    c = plan_mixed_epoch(gh, gw, seed=1, epoch=1, batch_size=16, pool_batches=16)
+    assert np.array_equal(a.order, b.order) and np.array_equal(a.micro_bounds, b.micro_bounds)
+
+    def batch_of(p) -> np.ndarray:
+        out = np.empty(gh.size, dtype=int)
+        out[p.order] = np.repeat(np.arange(len(p)), np.diff(p.step_bounds))
+        return out
+
+    ba, bc = batch_of(a), batch_of(c)
+    total = again = 0
+    for s in range(len(a)):
+        m = np.flatnonzero(ba == s)
+        _, cnt = np.unique(bc[m], return_counts=True)
+        total += len(m) * (len(m) - 1) // 2
+        again += int((cnt * (cnt - 1) // 2).sum())
+    assert again / total < 0.10  # ~1/pool_batches
+    # steps draw from size-sorted pools, so steps are far more uniform than random batches
+    mean_micro = (a.micro_bounds.size - 1) / len(a)
+    rng = np.random.default_rng(0)
+    rand = rng.permutation(gh.size)[: 16 * 50].reshape(50, 16)
+    rand_micro = np.mean([len(set(zip(gh[r].tolist(), gw[r].tolist()))) for r in rand])
+    assert mean_micro < 0.8 * rand_micro
+
+
+def test_mixed_sampler_yields_rank_micro_batches() -> None:
+    gh, gw = _grids(700, seed=15)
+    world = 2
+    samplers = [MixedStepSampler(gh, gw, batch_size=8, world_size=world, rank=r, seed=2) for r in range(world)]
+    for s in samplers:
+        s.set_epoch(3)
+    steps = [list(s) for s in samplers]
+    assert len(steps[0]) == len(steps[1]) == len(samplers[0])
+    seen = [i for per_rank in steps for step in per_rank for mb in step for i in mb]
+    assert sorted(seen) == list(range(700))
+    for per_rank in steps:
+        for step in per_rank:
+            for mb in step:
+                assert isinstance(mb, BinBatch) and (gh[mb] == mb.shape[0]).all() and (gw[mb] == mb.shape[1]).all()
+    with pytest.raises(ValueError, match="exactly one"):
+        plan_mixed_epoch(gh, gw, seed=0, epoch=0)
+    with pytest.raises(ValueError, match="smaller than the largest"):
+        plan_mixed_epoch(gh, gw, seed=0, epoch=0, token_budget=10)
+
+
+@pytest.mark.slow
+def test_mixed_planning_640k_images_under_one_second() -> None:
+    rng = np.random.default_rng(0)
+    n = 640_000
+    h = rng.integers(256, 3073, n)
+    w = np.clip((h * rng.lognormal(0, 0.2, n)).astype(np.int64), 200, 3072)
+    gh, gw = grid_size(h, w, patch=16, max_side=3072)
+    by_size = size_order(gh, gw)
+    times = []
+    for epoch in range(3):
+        t0 = time.perf_counter()
+        plan = plan_mixed_epoch(gh, gw, seed=0, epoch=epoch, batch_size=64, by_size=by_size)
+        times.append(time.perf_counter() - t0)
+    assert min(times) < 1.0  # best of 3: the machine is shared
+    assert plan.order.size == n
