@@ -60,5 +60,10 @@ def snapshot(root: Path) -> Path:
 
 
 def setup_lines(folder: Path) -> list[str]:
-    """sbatch lines that make the job import the snapshot before the installed/editable code."""
-    return [f'export PYTHONPATH="{folder}${{PYTHONPATH:+:$PYTHONPATH}}"']
+    """sbatch lines that make the job import the snapshot before the installed/editable code.
+
+    The job also starts in the snapshot folder: `python -m` puts the working directory
+    first on `sys.path`, and sbatch would otherwise start in the (mutable) checkout.
+    Every path a stage uses is absolute, so the working directory is free to choose.
+    """
+    return [f'export PYTHONPATH="{folder}${{PYTHONPATH:+:$PYTHONPATH}}"', f'cd "{folder}"']
