@@ -108,12 +108,16 @@ def image_size(path: str | Path) -> tuple[int, int]:
         rows, cols = ds.get("Rows"), ds.get("Columns")
         if rows is None or cols is None:
             raise ImageReadError(p, "DICOM header has no Rows/Columns (no image in this file)")
-        return int(rows), int(cols)
-    try:
-        with Image.open(p) as img:
-            width, height = img.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ImageReadError(p, f"unreadable image header ({exc})") from exc
+        height, width = int(rows), int(cols)
+    else:
+        try:
+            with Image.open(p) as img:
+                width, height = img.size
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            raise ImageReadError(p, f"unreadable image header ({exc})") from exc
+    if height < 1 or width < 1:
+        # an empty image cannot be resized or binned: unreadable, like any other broken header
+        raise ImageReadError(p, f"header gives an empty image size ({height} x {width} px)")
     return int(height), int(width)
 
 
@@ -282,6 +286,8 @@ def _read_dicom(path: Path) -> np.ndarray:
         img = np.clip((values - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
     if photometric == "MONOCHROME1":
         img = np.float32(1.0) - img
+    if img.size == 0:
+        raise ImageReadError(path, f"decoded to an empty image of shape {img.shape}")
     return img
 
 

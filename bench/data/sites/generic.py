@@ -135,6 +135,23 @@ def drop_duplicate_images(
     return df.loc[~copy].reset_index(drop=True)
 
 
+def checked_sizes(values: pd.Series, site: str, source: str | Path) -> np.ndarray:
+    """Image sizes taken from a metadata table (`Rows`, `Rows_DICOM`...) as int64.
+
+    A missing or non-positive value becomes -1, the mark `attach_sizes` gives an unreadable
+    header, with a warning and a count: the run's image policy then skips (and counts) or
+    fails on the image, instead of the DBB sampler or the token table failing on it later.
+    """
+    numeric = pd.to_numeric(values, errors="coerce")
+    bad = ~(numeric > 0)
+    if bad.any():
+        log.warning(
+            "site %s: %s: %d image(s) with a missing or non-positive %s (size -1; handled by the image policy)",
+            site, source, int(bad.sum()), values.name,
+        )
+    return numeric.where(~bad, -1).astype("int64").to_numpy()
+
+
 def drop_missing_files(df: pd.DataFrame, site: str, policy: str) -> pd.DataFrame:
     """Check every `path` exists; `policy` `error` raises naming a few, `drop` drops them."""
     check_choice(site, "missing", policy, MISSING_POLICIES)

@@ -30,6 +30,7 @@ from bench.data.sites.chexpert import BLANK_POLICIES, CHEXPERT_LABELS, UNCERTAIN
 from bench.data.sites.generic import (
     check_choice,
     check_options,
+    checked_sizes,
     drop_duplicate_images,
     drop_missing_files,
     finish_index,
@@ -133,8 +134,8 @@ class MIMICSite(Site):
                 for s, t, d in zip(df["subject_id"], df["study_id"], df["dicom_id"])
             ],
             patient_id=df["subject_id"].astype(np.int64).astype(str),
-            height=df["Rows"].astype(np.int64),
-            width=df["Columns"].astype(np.int64),
+            height=checked_sizes(df["Rows"], self.name, meta_path),
+            width=checked_sizes(df["Columns"], self.name, meta_path),
         )
         df = drop_missing_files(df, self.name, opts["missing"])
         return finish_index(df, self.name, CHEXPERT_LABELS)

@@ -42,10 +42,9 @@ from typing import Any, ClassVar, Iterable
 import numpy as np
 import pandas as pd
 
-from bench.data.io import image_size
 from bench.data.labels import NIH14
 from bench.data.sites import INDEX_COLUMNS, SPLITS, DataError, Site, check_index, register_site
-from bench.data.sites.generic import drop_duplicate_images
+from bench.data.sites.generic import attach_sizes, checked_sizes, drop_duplicate_images
 
 log = logging.getLogger(__name__)
 
@@ -371,12 +370,12 @@ def build_index(root: Path, df: pd.DataFrame, *, split: str, sizes: str, missing
         log.warning("padchest: %d of %d images missing under %s; dropped", len(absent), len(paths), root)
         df, paths = df[exists], paths[exists]
 
-    if sizes == "header":
-        hw = [image_size(p) for p in paths]
-        height = [h for h, _ in hw]
-        width = [w for _, w in hw]
+    if sizes == "header":  # an unreadable header gives -1 (the image policy decides), as in every adapter
+        hw = attach_sizes(pd.DataFrame({"path": paths.to_numpy()}))
+        height, width = hw["height"].to_numpy(), hw["width"].to_numpy()
     else:
-        height, width = df["Rows_DICOM"].to_numpy(), df["Columns_DICOM"].to_numpy()
+        height = checked_sizes(df["Rows_DICOM"], "padchest", "the labels CSV")
+        width = checked_sizes(df["Columns_DICOM"], "padchest", "the labels CSV")
 
     index = pd.DataFrame(
         {

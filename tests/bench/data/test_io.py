@@ -320,3 +320,18 @@ def test_dicom_without_preamble_still_reads(tmp_path: Path) -> None:
     raw = tmp_path / "raw.dcm"  # a bare dataset, implicit VR: no preamble and no file meta at all
     ds.save_as(raw, implicit_vr=True, little_endian=True, enforce_file_format=False)
     assert image_size(raw) == image_size(src) == (1760, 1760)
+
+
+def test_a_header_with_an_empty_size_is_unreadable(tmp_path: Path) -> None:
+    """Issue 12/14.7: a size-0 header must count as unreadable (the DBB sampler cannot bin it)."""
+    import pydicom
+
+    ds = pydicom.dcmread(_testdata("RG3_UNCR.dcm"))
+    ds.Rows = 0
+    ds.PixelData = b""
+    out = tmp_path / "rows0.dcm"
+    ds.save_as(out)
+    with pytest.raises(ImageReadError, match=r"rows0.dcm: header gives an empty image size \(0 x 1760 px\)"):
+        image_size(out)
+    with pytest.raises(ImageReadError, match="rows0.dcm"):
+        read_image(out)

@@ -124,3 +124,19 @@ def test_duplicate_rows_dropped_when_identical_rejected_when_conflicting(
     write_gzip_text(pd.concat([table, other]).to_csv(index=False), path)
     with pytest.raises(DataError, match=rf"{re.escape(path.name)}: 1 image id\(s\) listed more than once.*'{column}'"):
         get_site("mimic").load_index(site)
+
+
+def test_missing_or_zero_sizes_in_the_metadata_become_unreadable(root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 12/14.7: size 0 (or blank) would reach the DBB sampler; it is -1 like an unreadable header."""
+    site = tmp_path / "mimic"
+    shutil.copytree(root, site)
+    path = site / "mimic-cxr-2.0.0-metadata.csv.gz"
+    meta = pd.read_csv(path, dtype={"dicom_id": str})
+    meta.loc[0, "Rows"] = 0
+    meta.loc[1, "Columns"] = None
+    write_gzip_text(meta.to_csv(index=False), path)
+    with caplog.at_level("WARNING"):
+        df = get_site("mimic").load_index(site).set_index("image_id")
+    assert df.loc[meta.loc[0, "dicom_id"], "height"] == -1 and df.loc[meta.loc[1, "dicom_id"], "width"] == -1
+    assert (df.drop(index=meta.loc[:1, "dicom_id"])[["height", "width"]] > 0).all().all()
+    assert "1 image(s) with a missing or non-positive Rows" in caplog.text

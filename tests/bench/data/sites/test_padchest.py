@@ -318,3 +318,15 @@ def test_fixture_duplicate_rows_dropped_when_identical_rejected_when_conflicting
     pd.concat([frame, conflicting], ignore_index=True).to_csv(tmp_path / CSV_NAME, index=True)
     with pytest.raises(DataError, match=rf"{CSV_NAME}: 1 image id\(s\) .*conflicting.*\(2 rows\).*'b.png'.*'Labels'"):
         site.load_index(tmp_path)
+
+
+def test_fixture_zero_sizes_and_unreadable_headers_become_minus_one(tmp_path: Path) -> None:
+    """Issue 12/14.7: a size of 0 in the CSV, or a broken PNG with sizes='header', is -1, not a crash."""
+    frame = _write_fixture(tmp_path)
+    frame.loc[2, "Rows_DICOM"] = 0
+    frame.to_csv(tmp_path / CSV_NAME, index=True)
+    (tmp_path / "0" / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    site = get_site("padchest")
+    assert list(site.load_index(tmp_path)["height"]) == [20, 24, -1, 10]
+    header = site.load_index(tmp_path, sizes="header")
+    assert list(zip(header["height"], header["width"])) == [(20, 30), (-1, -1), (16, 18), (10, 12)]
