@@ -40,11 +40,13 @@ def run_metrics(manifest: pd.DataFrame, loader: Loader | None = None) -> pd.Data
     undefined), `mean_auc` (float), `influence` (np.ndarray (N,), per-image
     influence of the class-mean AUC, images sorted by id), `labels_key` (digest of
     image ids and labels: equal keys = same evaluation set), and for
-    `task == multiclass` rows `top1` and `balanced_top1` (NaN for multilabel rows).
+    `task == multiclass` rows `top1` and `balanced_top1` (NaN for multilabel rows);
+    `n_pos` / `n_neg` (np.ndarray (C,), images labelled 1 / 0 per class: the chance-level
+    noise of `reports.degenerate`).
     """
     m = check_manifest(manifest)
     load = loader or load_predictions
-    n_images, aucs, means, top1, btop1, infl, keys = [], [], [], [], [], [], []
+    n_images, aucs, means, top1, btop1, infl, keys, n_pos, n_neg = [], [], [], [], [], [], [], [], []
     for row in m.itertuples(index=False):
         pred = load(row.predictions, row.classes)
         per, psi = class_auc_influence(pred.y_true, pred.y_score)
@@ -53,6 +55,8 @@ def run_metrics(manifest: pd.DataFrame, loader: Loader | None = None) -> pd.Data
         digest.update("\0".join(map(str, pred.image_ids)).encode())
         keys.append(digest.hexdigest())
         n_images.append(pred.n)
+        n_pos.append((pred.y_true == 1).sum(axis=0).astype(np.int64))
+        n_neg.append((pred.y_true == 0).sum(axis=0).astype(np.int64))
         aucs.append(per)
         means.append(float(np.nanmean(per)) if np.any(~np.isnan(per)) else float("nan"))
         if row.task == "multiclass":
@@ -69,6 +73,8 @@ def run_metrics(manifest: pd.DataFrame, loader: Loader | None = None) -> pd.Data
     out["balanced_top1"] = btop1
     out["influence"] = infl
     out["labels_key"] = keys
+    out["n_pos"] = n_pos
+    out["n_neg"] = n_neg
     return out
 
 

@@ -2,18 +2,28 @@
 
 What is written depends on what the manifest holds (a table needs its inputs):
 
+* manifest keys `meta:*` (display values) -> `table1_experiments` (what each row is);
 * multilabel columns -> `table2_multisite` (class-mean AUC, mean (sd) over seeds; bold
   best per column; dagger = not significantly different from the best, see
-  `reports.significance`) and `table2_multisite_ci` (image-level 95% CIs);
+  `reports.significance`; with manifest key `finetune_site` the columns are grouped
+  "In-distribution" / "Out-of-distribution" as in the paper) and
+  `table2_multisite_ci` (image-level 95% CIs);
 * `per_class_columns` (default: the reliability column, else every multilabel
   column) -> `table3_per_class_<column>`;
-* manifest keys `meta:*` -> `table5_options` (Table 2 with descriptor columns);
+* manifest keys `meta:*` -> `table5_options` (Table 2 with the descriptor columns
+  that differ between experiments);
 * manifest key `pretrain_size` -> `table6_pretrain_size_<column>` + Figure 3;
 * `reliability_column` -> Tables 7, 8 (+ compat, per label), calibration, random
   baselines, Figure 2;
 * multiclass columns (`task == multiclass`) -> `table_top1_accuracy` (pilot),
   `table_downstream` (poster, balanced top-1), `confusion_matrices.csv` (best seed);
 * `token_frame` (from the batching benchmark) -> `table_tokens_compute`.
+
+Degenerate cells (`reports.degenerate`: at chance within noise, or sd exactly 0 over
+different seeds) carry a double dagger and a footnote in every table that shows them,
+a `degenerate` reason in the CSVs, a list at the top of `index.md` and
+`degenerate_cells.csv`. Figure legends use the manifest key `label` (`bench` writes
+"3.4: ViT-S, GMML, IN-1k, MIMIC-CXR").
 
 Everything is written atomically (temp file + rename), so re-running overwrites the
 previous build cleanly.
@@ -33,7 +43,9 @@ import pandas as pd
 from bench.data.sites import DataError
 from reports import figures, reliability
 from reports.aggregate import best_seeds, run_metrics, summarise, summarise_per_class
-from reports.manifest import check_manifest, ordered
+from reports.degenerate import DegenerateCell, find_degenerate
+from reports.degenerate import note as degenerate_note
+from reports.manifest import check_manifest, is_missing, ordered
 from reports.multiclass import confusion
 from reports.poster_tables import downstream_table, token_table
 from reports.predictions import PredictionCache, load_predictions
@@ -88,31 +100,44 @@ def build_reports(
     tables: list[Table] = []
     written: list[Path] = []
 
+    if any(c.startswith("meta:") for c in m.columns):
+        tables.append(experiments_table(m))
     ml = runs[runs["task"] == "multilabel"]
     if not ml.empty:
         summary = summarise(ml, "mean_auc")
+        col_order, groups = site_groups(m, ordered(ml["column"]))
+        seeds_txt = _seeds_text(ml)
         t2 = metric_table(
             summary,
             m,
             name="table2_multisite",
+            columns=col_order,
             caption=(
-                "Performance across report columns: mean AUC over the classes of each column and over seeds, in "
-                "brackets the sample standard deviation (ddof=1) over seeds. In bold, best per column."
+                "Performance across data collection sites. "
+                + _fine_tuning_text(m, ml)
+                + f"Mean AUC over the classes of each column and over {seeds_txt}, in brackets the sample standard "
+                "deviation (ddof=1) over seeds. In bold, best per column."
             ),
         )
+        t2.column_groups = groups
         stats = _significance(ml, m, n_boot, boot_seed, alpha, max_bootstrap_images)
         _mark_tied(t2, stats, alpha)
         tables += [t2, _ci_table(t2, stats)]
-        if any(c.startswith("meta:") for c in m.columns):
-            tables.append(
-                metric_table(
-                    summary,
-                    m,
-                    name="table5_options",
-                    caption="Training options: mean AUC over classes and seeds (sample sd over seeds). In bold, best per column.",
-                    descriptors=[c for c in m.columns if c.startswith("meta:")],
-                )
+        descriptors = _varying_descriptors(m, ml)
+        if descriptors:
+            t5 = metric_table(
+                summary,
+                m,
+                name="table5_options",
+                columns=col_order,
+                caption=(
+                    "Training options: what differs between the experiments, and the mean AUC over the classes of "
+                    f"each column and over {seeds_txt} (in brackets the sample sd over seeds). In bold, best per column."
+                ),
+                descriptors=descriptors,
             )
+            t5.column_groups = [("", len(descriptors)), *groups] if groups else []
+            tables.append(t5)
         cols = per_class_columns
         if cols is None:
             cols = [reliability_column] if reliability_column is not None else ordered(ml["column"])
@@ -123,7 +148,7 @@ def build_reports(
                 t6 = size_table(ml, col, name=f"table6_pretrain_size_{slug(col)}")
                 tables.append(t6)
                 if make_figures:
-                    written += figures.figure3(t6, out, stem=f"figure3_pretrain_size_{slug(col)}")
+                    written += figures.figure3(t6, out, stem=f"figure3_pretrain_size_{slug(col)}", column=col)
 
     if reliability_column is not None:
         cache = PredictionCache()
@@ -139,7 +164,7 @@ def build_reports(
         tables += reliability.tables(rel)
         if make_figures:
             pc = summarise_per_class(ml[ml["experiment"].isin(list(rel.per_threshold))], reliability_column)
-            written += figures.figure2(pc, rel, out)
+            written += figures.figure2(pc, rel, out, labels=experiment_labels(m))
 
     mc = runs[runs["task"] == "multiclass"]
     if not mc.empty:
@@ -148,7 +173,10 @@ def build_reports(
                 summarise(mc, "top1"),
                 m,
                 name="table_top1_accuracy",
-                caption="Top-1 accuracy, mean over seeds (sample sd over seeds). In bold, best per column.",
+                caption=(
+                    "Multi-class tasks: top-1 accuracy per report column, mean over "
+                    f"{_seeds_text(mc)} (in brackets the sample sd over seeds). In bold, best per column."
+                ),
             )
         )
         tables.append(downstream_table(summarise(mc, "balanced_top1"), m))
@@ -157,11 +185,125 @@ def build_reports(
     if token_frame is not None:
         tables.append(token_table(token_frame))
 
+    flagged = find_degenerate(runs)
+    mark_degenerate(tables, flagged)
+    if flagged:
+        written.append(write_atomic(out / "degenerate_cells.csv", _degenerate_csv(flagged)))
     for t in tables:
         written.extend(write_table(t, out))
     index = out / "index.md"
-    written.append(write_atomic(index, index_markdown(title, tables, written + [index])))
+    written.append(write_atomic(index, index_markdown(title, tables, written + [index], flagged)))
     return written
+
+
+def experiments_table(m: pd.DataFrame) -> Table:
+    """Krones Table 1: what each experiment is (the `meta:*` display values `bench` writes)."""
+    keys = [c for c in m.columns if c.startswith("meta:")]
+    rows = []
+    for exp in ordered(m["experiment"]):
+        e = m[m["experiment"] == exp]
+        cells = []
+        for k in keys:
+            vals = [v for v in e[k].tolist() if not is_missing(v)]
+            cells.append(Cell(text=str(vals[0]) if vals else "-"))
+        rows.append(Row(str(exp), cells))
+    return Table(
+        "table1_experiments",
+        "Experiments: backbone, initialisation, pre-training strategy and data, and fine-tuning data of each "
+        "experiment (row labels of the other tables).",
+        "Exp.",
+        [k.split(":", 1)[1] for k in keys],
+        rows,
+    )
+
+
+def site_groups(m: pd.DataFrame, columns: list[str]) -> tuple[list[str], list[tuple[str, int]]]:
+    """Columns reordered in-distribution first, and Krones Table 2's header groups.
+
+    A column is in-distribution when every experiment evaluated on it was fine-tuned
+    on the site it evaluates (manifest keys `site` and `finetune_site`). Without
+    `finetune_site`, or when all columns fall in one group, no groups are printed.
+    """
+    if "finetune_site" not in m.columns:
+        return columns, []
+    ind = []
+    for col in columns:
+        g = m[m["column"] == col]
+        ind.append(bool((g["site"].astype(str) == g["finetune_site"].astype(str)).all()))
+    if all(ind) or not any(ind):
+        return columns, []
+    first = [c for c, i in zip(columns, ind) if i]
+    rest = [c for c, i in zip(columns, ind) if not i]
+    return first + rest, [("In-distribution", len(first)), ("Out-of-distribution", len(rest))]
+
+
+def _seeds_text(runs: pd.DataFrame) -> str:
+    n = runs.groupby(["experiment", "column"])["seed"].nunique()
+    lo, hi = int(n.min()), int(n.max())
+    return f"{lo} seeds" if lo == hi else f"{lo}-{hi} seeds"
+
+
+def _fine_tuning_text(m: pd.DataFrame, ml: pd.DataFrame) -> str:
+    if "meta:Fine-tuning" not in m.columns:
+        return ""
+    sites = ordered(m.loc[m["experiment"].isin(set(ml["experiment"])), "meta:Fine-tuning"].dropna())
+    if not sites:
+        return ""
+    return (
+        f"Models fine-tuned on {', '.join(map(str, sites))}; in-distribution columns evaluate on the fine-tuning "
+        "site, out-of-distribution columns on other sites. "
+    )
+
+
+def _varying_descriptors(m: pd.DataFrame, ml: pd.DataFrame) -> list[str]:
+    """`meta:*` keys whose value differs between the experiments of `ml` (Table 5 shows what differs)."""
+    e = m[m["experiment"].isin(set(ml["experiment"]))]
+    out = []
+    for c in m.columns:
+        if c.startswith("meta:"):
+            per_exp = e.groupby("experiment", sort=False)[c].first().astype(str)
+            if per_exp.nunique() > 1:
+                out.append(c)
+    return out
+
+
+def mark_degenerate(tables: list[Table], cells: list[DegenerateCell]) -> None:
+    """Flag every table cell computed from exactly the runs of a degenerate cell; add the footnote."""
+    if not cells:
+        return
+    by_keys: dict[frozenset[str], list[DegenerateCell]] = {}
+    for c in cells:
+        by_keys.setdefault(frozenset(c.stage_keys), []).append(c)
+    for t in tables:
+        hit: list[DegenerateCell] = []
+        for row in t.rows:
+            for cell in row.cells:
+                found = by_keys.get(frozenset(s.stage_key for s in cell.sources)) if cell.sources else None
+                if found:
+                    cell.flag = "; ".join(c.reason for c in found)
+                    hit += found
+        if hit:
+            t.notes.append(degenerate_note(hit))
+
+
+def _degenerate_csv(cells: list[DegenerateCell]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["experiment", "column", "kind", "metric", "value", "chance", "reason", "stage_keys", "finetune_keys"])
+    for c in cells:
+        w.writerow([c.experiment, c.column, c.kind, c.metric, repr(c.value), repr(c.chance), c.reason,
+                    " ".join(c.stage_keys), " ".join(c.finetune_keys)])
+    return buf.getvalue()
+
+
+def experiment_labels(m: pd.DataFrame) -> dict[object, str]:
+    """Legend label per experiment: the manifest's `label` (number, backbone, strategy, init, data), else the id."""
+    out: dict[object, str] = {}
+    for exp in ordered(m["experiment"]):
+        vals = [v for v in m.loc[m["experiment"] == exp, "label"]] if "label" in m.columns else []
+        vals = [v for v in vals if not is_missing(v)]
+        out[exp] = str(vals[0]) if vals else str(exp)
+    return out
 
 
 def _significance(
@@ -220,13 +362,15 @@ def _ci_table(t2: Table, stats: dict[str, ColumnStats]) -> Table:
     )
     return Table(
         "table2_multisite_ci",
-        f"Image-level {100 * level:.0f}% confidence intervals of the seed-averaged mean AUC "
-        "(stratified paired bootstrap, percentile; normal approximation from DeLong placements for large columns).",
+        f"Performance across data collection sites with image-level uncertainty: seed-averaged mean AUC and its "
+        f"{100 * level:.0f}% confidence interval over images (stratified paired bootstrap, percentile; normal "
+        "approximation from DeLong placements for large columns).",
         "Exp.",
         list(t2.columns),
         rows,
         meta_rows=list(t2.meta_rows),
         notes=[f"Method per column: {methods}."],
+        column_groups=list(t2.column_groups),
     )
 
 
@@ -248,9 +392,19 @@ def _confusions(mc: pd.DataFrame) -> str:
     return buf.getvalue()
 
 
-def index_markdown(title: str, tables: list[Table], files: list[Path]) -> str:
-    """`index.md`: links to every output and, per table cell, the runs behind it."""
-    lines = [f"# {title}", "", "## Tables", ""]
+def index_markdown(
+    title: str, tables: list[Table], files: list[Path], degenerate: Sequence[DegenerateCell] = ()
+) -> str:
+    """`index.md`: links to every output, the degenerate cells and, per table cell, the runs behind it."""
+    lines = [f"# {title}", ""]
+    if degenerate:
+        lines += ["## Degenerate cells (‡)", "", "Check these stages before reading the numbers:", ""]
+        lines += ["| experiment | column | why | evaluate stages |", "|---|---|---|---|"]
+        for c in degenerate:
+            keys = ", ".join(f"`{k}`" for k in c.stage_keys)
+            lines.append(f"| {c.experiment} | {c.column} | {c.reason} | {keys} |")
+        lines.append("")
+    lines += ["## Tables", ""]
     for t in tables:
         lines.append(
             f"- {t.name}: [md]({t.name}.md) · [tex]({t.name}.tex) · [csv]({t.name}.csv) · "

@@ -33,7 +33,9 @@ class Cell:
     """A table cell: a number with optional sd, or a text.
 
     `bold` marks the best entry of its column; `tied` marks an entry not
-    significantly different from that best (see `reports.statistics`).
+    significantly different from that best (see `reports.statistics`); `flag`
+    says why the entry is degenerate (at chance, or no spread over seeds; see
+    `reports.degenerate`), printed as a double dagger and explained in a note.
     """
 
     mean: float = math.nan
@@ -44,6 +46,7 @@ class Cell:
     sources: tuple[Source, ...] = ()
     low: float = math.nan  # confidence interval, printed as `mean [low, high]` when set
     high: float = math.nan
+    flag: str | None = None
 
     @property
     def numeric(self) -> bool:
@@ -59,7 +62,14 @@ class Row:
 
 @dataclass
 class Table:
-    """A paper table. `name` is the file stem (`table2_multisite`)."""
+    """A paper table. `name` is the file stem (`table2_multisite`).
+
+    `column_groups` are header groups over the columns as (label, span) pairs in
+    column order (label "" = no group), e.g. Krones Table 2's
+    `[("In-distribution", 2), ("Out-of-distribution", 3)]`. With `group_header`
+    set, row groups are printed as a first column under that header (Krones
+    Table 7's "No" column) instead of a line of their own.
+    """
 
     name: str
     caption: str
@@ -69,6 +79,8 @@ class Table:
     meta_rows: list[tuple[str, list[str]]] = field(default_factory=list)
     digits: int = 4
     notes: list[str] = field(default_factory=list)
+    column_groups: list[tuple[str, int]] = field(default_factory=list)
+    group_header: str | None = None
 
     def column_cells(self, j: int) -> list[Cell]:
         return [r.cells[j] for r in self.rows]
@@ -182,7 +194,7 @@ def per_class_table(per_class: pd.DataFrame, column: str, *, name: str) -> Table
         rows.append(Row(str(exp), cells))
     caption = (
         f"Performance across classes on {column}: AUC per class, mean over seeds and in brackets the sample "
-        "standard deviation (ddof=1) over seeds. In bold, best per class."
+        "standard deviation (ddof=1) of that class's AUC over seeds. In bold, best per class."
     )
     return mark_best(Table(name, caption, "Exp.", list(classes), rows))
 
@@ -213,7 +225,10 @@ def size_table(runs: pd.DataFrame, column: str, *, name: str, metric: str = "mea
             cells.append(Cell(float(np.mean(vals)), sd, sources=srcs))
         rows.append(Row(str(series), cells))
     caption = (
-        f"Pre-training size on {column}: mean AUC over classes and seeds, in brackets the sample standard "
-        "deviation (ddof=1) over seeds. In bold, best per size."
+        f"Pre-training size: {column} performance of each pre-training series by the number of pre-training "
+        "images. Mean AUC over classes and seeds, in brackets the sample standard deviation (ddof=1) over seeds. "
+        "In bold, best per size."
     )
-    return mark_best(Table(name, caption, "Series", [f"{s:,}" for s in sizes], rows))
+    t = Table(name, caption, "Learning strategy", [f"{s:,}" for s in sizes], rows)
+    t.column_groups = [("Pre-training size (images)", len(sizes))]
+    return mark_best(t)

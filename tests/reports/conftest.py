@@ -63,11 +63,17 @@ def strip_escaped(s: str) -> str:
     return s
 
 
-def check_latex_structure(tex: str, n_columns: int) -> None:
-    """Structural checks of one `to_latex` output (used here and on every built table)."""
+def check_latex_structure(tex: str, n_columns: int | None = None) -> None:
+    """Structural checks of one `to_latex` output (used here and on every built table).
+
+    One or more `table` / `sidewaystable` floats, ASCII only, balanced braces, booktabs
+    rules in order, and every body line with one `&` less than the tabular has columns
+    (`n_columns` = that count of `&` when given).
+    """
     lines = tex.splitlines()
-    assert lines[0] == r"\begin{table}[htbp]" and lines[-1] == r"\end{table}"
-    assert lines.index(r"\toprule") < lines.index(r"\midrule") < lines.index(r"\bottomrule")
+    begins = (r"\begin{table}[htbp]", r"\begin{sidewaystable}")
+    ends = (r"\end{table}", r"\end{sidewaystable}")
+    assert lines[0] in begins and lines[-1] in ends
     assert tex.isascii(), [ch for ch in tex if not ch.isascii()][:5]
     body = strip_escaped(tex)
     depth = 0
@@ -75,15 +81,28 @@ def check_latex_structure(tex: str, n_columns: int) -> None:
         depth += {"{": 1, "}": -1}.get(ch, 0)
         assert depth >= 0
     assert depth == 0
-    top, bottom = lines.index(r"\toprule"), lines.index(r"\bottomrule")
-    for line in lines[top + 1 : bottom]:
-        if line.startswith((r"\midrule", r"\multicolumn")):
-            continue
-        assert strip_escaped(line).count("&") == n_columns, line
-        assert line.endswith(r"\\")
+    floats: list[list[str]] = []
+    for line in lines:
+        if line in begins:
+            floats.append([])
+        floats[-1].append(line)
+    for fl in floats:
+        assert fl[-1] in ends
+        spec = [l for l in fl if l.startswith(r"\begin{tabular}{")]
+        assert len(spec) == 1, spec
+        amps = sum(spec[0][len(r"\begin{tabular}{") : -1].count(ch) for ch in "lrc") - 1
+        if n_columns is not None:
+            assert amps == n_columns, (amps, n_columns)
+        assert fl.index(r"\toprule") < fl.index(r"\midrule") < fl.index(r"\bottomrule")
+        top, bottom = fl.index(r"\toprule"), fl.index(r"\bottomrule")
+        for line in fl[top + 1 : bottom]:
+            if line.startswith((r"\midrule", r"\cmidrule", r"\addlinespace")) or r"\multicolumn" in line:
+                continue
+            assert strip_escaped(line).count("&") == amps, line
+            assert line.endswith(r"\\")
 
 
 @pytest.fixture
-def check_latex() -> Callable[[str, int], None]:
-    """Returns `check_latex(tex, n_columns)`: structural checks of a `to_latex` output."""
+def check_latex() -> Callable[..., None]:
+    """Returns `check_latex(tex, n_columns=None)`: structural checks of a `to_latex` output."""
     return check_latex_structure

@@ -81,6 +81,7 @@ def test_full_build_writes_every_applicable_output(make_row, tmp_path, check_lat
         "table2_multisite", "table2_multisite_ci", "table5_options", "table3_per_class_chexpert_vali",
         "table6_pretrain_size_chexpert_vali", "table7_threshold_metrics", "table8_oracle_auc",
         "table8_oracle_auc_compat", "table8_oracle_auc_per_label", "table_calibration", "table_random_baselines",
+        "table1_experiments", "table7_threshold_metrics_more", "degenerate_cells",
         "table_top1_accuracy", "table_downstream", "table_tokens_compute", "confusion_matrices", "index",
     } == stems
     t2 = (out / "table2_multisite.md").read_text()
@@ -90,8 +91,7 @@ def test_full_build_writes_every_applicable_output(make_row, tmp_path, check_lat
     assert "†" not in line_21 and "**" not in line_21
     assert all(("†" in l) != ("**" in l) for l in lines_3x)
     for tex in out.glob("*.tex"):
-        header = [l for l in tex.read_text().splitlines() if " & " in l][0]
-        check_latex(tex.read_text(), header.count("&"))
+        check_latex(tex.read_text())
     index = (out / "index.md").read_text()
     assert "#provenance-table7_threshold_metrics" in index and "### provenance table7_threshold_metrics" in index
     assert (out / "confusion_matrices.csv").read_text().count("\n") == 1 + 2 * 9
