@@ -332,6 +332,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         from bench.matrix import NON_SSL_METHODS
 
         names = [*NON_SSL_METHODS, *ssl_methods.list_methods()]
+        if getattr(args, "verbose", False):  # each method's reference recipe, with sources
+            names = [*NON_SSL_METHODS, *(ln for n in ssl_methods.list_methods() for ln in ssl_methods.describe(n))]
     elif fam == "sites":
         from bench.data.sites import list_sites
 
@@ -443,6 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     lst = sub.add_parser("list", help="what is registered")
     lst.add_argument("family", choices=["backbones", "methods", "sites", "label-sets", "metrics"])
+    lst.add_argument("-v", "--verbose", action="store_true", help="methods: print each method's reference recipe")
     lst.set_defaults(fn=cmd_list)
 
     ui = sub.add_parser("ui", help="open the MLflow UI on the results' tracking store (localhost)")

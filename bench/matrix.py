@@ -150,6 +150,8 @@ class PretrainCfg(_Strict):
     classes: LabelSetName = "nih14"  # only for method: supervised
     epochs: AtLeast1 = 1
     batch_size: AtLeast1 = 64
+    # optimiser fields (lr .. betas) a matrix leaves unset take the SSL method's reference recipe
+    # (`Experiment._pretrain_recipe`, `bench list methods --verbose`); the defaults below are for `supervised`
     lr: Positive = 1e-4
     min_lr: NonNegative = 1e-6
     weight_decay: NonNegative = 0.04
@@ -157,6 +159,7 @@ class PretrainCfg(_Strict):
     clip_grad: Positive | None = 3.0
     clip_mode: Literal["global", "per_tensor"] = "global"  # per_tensor: the DINO/GMML/SiT reference rule
     weight_decay_end: NonNegative | None = None  # cosine weight-decay schedule (DINO/GMML: 0.04 -> 0.4)
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW betas (MAE: 0.9, 0.95)
     options: dict[str, Any] = Field(default_factory=dict)  # method config (mask ratio, ...)
     batching: BatchingCfg = Field(default_factory=BatchingCfg)
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on GPUs that support it
@@ -260,6 +263,24 @@ class Experiment(_Strict):
     @classmethod
     def _chans(cls, v: int) -> int:
         return int(_one_of(str(v), ("1", "3")))
+
+    @model_validator(mode="after")
+    def _pretrain_recipe(self) -> "Experiment":
+        """Fill the pre-training optimiser fields the matrix leaves unset from the method's
+        reference recipe for this backbone family (lr scaled to `batch_size`, warm-up shortened
+        for runs shorter than the reference); an explicit matrix value always wins. The filled
+        values are part of the stage config and so of its key."""
+        p = self.pretrain
+        if p.method in NON_SSL_METHODS:
+            return self
+        import ssl_methods
+        from ssl_methods.recipe import STAGE_FIELDS
+
+        values = ssl_methods.recipe(p.method, self.backbone).stage_defaults(p.epochs, p.batch_size)
+        for name in STAGE_FIELDS:
+            if name not in p.model_fields_set:
+                setattr(p, name, values[name])
+        return self
 
     @model_validator(mode="after")
     def _sizes_fit_the_patch(self) -> "Experiment":

@@ -16,7 +16,7 @@ from ssl_methods.base import ConfigError, SSLMethod
 from ssl_methods.recipe import Recipe
 from ssl_methods.registry import METHODS
 
-__all__ = ["ConfigError", "METHODS", "Recipe", "SSLMethod", "create", "list_methods", "recipe"]
+__all__ = ["ConfigError", "METHODS", "Recipe", "SSLMethod", "create", "describe", "list_methods", "recipe"]
 
 _BUILTIN = ("mae", "simmim", "gmml", "sit", "dino", "mocov3")
 
@@ -45,6 +45,17 @@ def recipe(name: str, backbone: str | None = None) -> Recipe:
 
         family = backbones.get_spec(backbone).family
     return cls.recipe(family)
+
+
+def describe(name: str) -> list[str]:
+    """`bench list methods --verbose`: the method's name, then each of its recipes (optimiser items
+    and, once, the method options' defaults) with the source of every value."""
+    _load_builtin()
+    cls = METHODS.get(name)
+    lines = [name]
+    for i, rec in enumerate(cls.recipes.values()):
+        lines += rec.describe(cls.config_class if i == 0 else None)
+    return lines
 
 
 def create(

@@ -87,6 +87,7 @@ RECIPE = Recipe(
         "jitter_strength": f"{_GM}:datasets_utils.py ColorJitter(brightness=0.1, contrast=0.1, ...)",
         "blur_p": f"{_GM}:datasets_utils.py clean_transfo GaussianBlur(0.1)",
         "n_views": f"{_GM}:datasets_utils.py DataAugmentationSiT: 2 global crops",
+        "hflip": f"{_GM}:datasets_utils.py RandomHorizontalFlip(p=0.5)",
     },
     notes=(
         "colour jitter: brightness/contrast 0.1 only - saturation 0.1 / hue 0.01 are the identity on grey radiographs",

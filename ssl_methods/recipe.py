@@ -102,13 +102,13 @@ class Recipe:
             ("clipping", clip, src.get("clip_grad", "")),
         ]
         lines = [f"  recipe ({self.family}):"]
-        lines += [f"    {k:<14} {v}" + (f"   [{s}]" if s else "") for k, v, s in items]
+        lines += [f"    {k:<26} {v}" + (f"   [{s}]" if s else "") for k, v, s in items]
         if method_config is not None:
             for f in dataclasses.fields(method_config):
                 default = f.default if f.default is not dataclasses.MISSING else (
                     f.default_factory() if f.default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
                 )
                 s = src.get(f.name, "")
-                lines.append(f"    {f.name:<14} {default!r}" + (f"   [{s}]" if s else ""))
+                lines.append(f"    {f.name:<26} {default!r}" + (f"   [{s}]" if s else ""))
         lines += [f"    note: {n}" for n in self.notes]
         return lines

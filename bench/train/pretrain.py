@@ -93,6 +93,7 @@ def run_pretrain(stage: "Stage", store: "Store", logger: "StageLogger", env: "St
             img_size=cfg["image_size"],
             in_chans=cfg["in_chans"],
             init=init,
+            epochs=p["epochs"],  # for schedules the references count in epochs (DINO's last-layer freeze)
             **p["options"],
         )
         groups = method.param_groups(p["weight_decay"])
@@ -143,6 +144,7 @@ def run_pretrain(stage: "Stage", store: "Store", logger: "StageLogger", env: "St
         clip_grad=p["clip_grad"],
         clip_mode=p.get("clip_mode", "global"),
         weight_decay_end=p.get("weight_decay_end"),
+        betas=tuple(p.get("betas", (0.9, 0.999))),  # the method's reference recipe unless the matrix sets it
     )
     state = fit(
         model=method,
