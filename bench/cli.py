@@ -354,11 +354,12 @@ def cmd_ui(args: argparse.Namespace) -> int:
     from bench.tracking import default_tracking_uri
 
     uri = args.tracking_uri or default_tracking_uri(args.results.resolve())
-    cmd = ["mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(args.port)]
+    # the interpreter running bench has mlflow installed: no need for the venv on PATH
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(args.port)]
     print("MLflow UI: " + " ".join(cmd) + f"\nthen open http://127.0.0.1:{args.port}")
     if args.print_only:
         return 0
-    os.execvp(cmd[0], cmd)
+    os.execv(cmd[0], cmd)
     return 0
 
 
