@@ -74,3 +74,20 @@ def test_masked_l1_mean_definition() -> None:
 def test_bad_fill_is_rejected() -> None:
     with pytest.raises(ValueError, match="fill"):
         gmml_corrupt(torch.rand(2, 1, 16, 16), fill="blur")  # type: ignore[arg-type]
+
+
+def test_replace_partner_comes_from_the_same_view() -> None:
+    """The references' GMML_replace_list runs once per crop list, so a partner is an image of
+    the same view (possibly the image itself: randint over the view's batch)."""
+    torch.manual_seed(4)
+    views, n = 3, 40
+    images = torch.rand(views * n, 1, 32, 32)
+    out = gmml_corrupt(images, replace_prob=1.0, groups=views)
+    view_of = torch.arange(views * n) // n
+    assert torch.equal(view_of[out.partner], view_of)
+    assert len(set(out.partner[:n].tolist())) > n // 2  # spread over the view, not fixed
+    for i in range(0, views * n, 7):  # the copied pixels are the partner's, at the same place
+        m = out.mask[i, 0].bool()
+        assert torch.equal(out.corrupted[i, 0][m], images[out.partner[i], 0][m])
+    with pytest.raises(ValueError, match="views"):
+        gmml_corrupt(images[:-1], groups=views)

@@ -65,6 +65,7 @@ def test_loss_is_l1_over_corrupted_pixels_only(monkeypatch: pytest.MonkeyPatch) 
     clean = seen["clean"]
     out = seen["out"]
     assert clean.shape == (6, 1, 64, 64)  # two views, view-major
+    assert torch.equal(out.partner // 3, torch.arange(6) // 3)  # replace partners from the same view
     sel = out.mask.bool().expand_as(clean).numpy()
     diff = np.abs(rec["x"].detach().double().numpy() - clean.double().numpy())
     assert loss.item() == pytest.approx(float(diff[sel].mean()), rel=1e-5)

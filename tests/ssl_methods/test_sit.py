@@ -57,6 +57,7 @@ def test_total_loss_from_the_definition(monkeypatch: pytest.MonkeyPatch) -> None
     for h in hooks:
         h.remove()
     clean, out = seen["clean"], seen["out"]
+    assert torch.equal(out.partner // 4, torch.arange(8) // 4)  # replace partners from the same view
     # the teacher sees the clean views, the student the corrupted ones
     assert torch.equal(cap["t_in"], clean) and torch.equal(cap["s_in"], out.corrupted)
     s = cap["s"].detach().double().numpy()
