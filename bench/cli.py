@@ -219,7 +219,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"  {f}")
     uri = args.tracking_uri or default_tracking_uri(results)
     if not args.no_mlflow and (not uri.startswith("sqlite:///") or Path(uri.removeprefix("sqlite:///")).exists()):
-        tracker = Tracker(uri)
+        tracker = Tracker(uri, experiment=matrix.name)
         run_id = tracker.latest_matrix_run(str(matrix.path))
         if run_id:
             tracker.artifact(run_id, out, "reports")

@@ -20,6 +20,7 @@ from bench.data.labels import resolve_classes
 from bench.env import StageEnv, checkpoint_seconds_default
 from bench.execute import RunSummary, make_executor
 from bench.job import JobContext
+from bench.run_tags import stage_tags
 from bench.matrix import Matrix
 from bench.plan import Plan, build_plan
 from bench.store import Store
@@ -126,27 +127,46 @@ def _size_keys(e: Any, pretrain_key: str | None, store: Store) -> dict[str, Any]
     return {"pretrain_size": int(size), "series": series}
 
 
-def token_frame(plan: Plan) -> pd.DataFrame | None:
+def token_frame(plan: Plan, store: Store | None = None) -> pd.DataFrame | None:
     """Tokens/compute of the batching strategies on the image sizes of the matrix's DBB pre-training.
 
     This is the poster's token table computed for the data the matrix actually used
-    (sizes from the site index, never from pixels); None when no stage uses DBB.
+    (sizes from headers, never from pixels); None when no stage uses DBB. The sizes are
+    the pre-training stage's `sizes.parquet` (what its sampler binned), so `bench report`
+    needs only the store; stores written before that output existed fall back to the
+    site index, leaving out (with a count) images without a usable size, as the
+    pre-training did.
     """
     from bench.dbb_report import run_benchmark
-    from bench.train.data import load_index
 
     for s in plan.ordered():
         if s.kind != "pretrain" or s.config["pretrain"]["batching"]["mode"] != "dbb":
             continue
         p = s.config["pretrain"]
         b = p["batching"]
-        index = load_index(p["dataset"], s.paths[p["dataset"]], p["site_options"], p["splits"])
+        stored = store.path(s.key, "sizes.parquet") if store is not None else None
+        if stored is not None and stored.is_file():
+            sizes = pd.read_parquet(stored)
+        else:
+            from bench.train.data import load_index
+
+            sizes = load_index(p["dataset"], s.paths[p["dataset"]], p["site_options"], p["splits"])
+        usable = (sizes["height"] > 0) & (sizes["width"] > 0)
+        if not usable.all():
+            log.warning(
+                "token table: %d of %d image(s) of %s have no usable size (unreadable or empty header) and are left out",
+                int((~usable).sum()), len(sizes), p["dataset"],
+            )
+            sizes = sizes[usable]
+        if sizes.empty:
+            log.warning("token table: no image of %s has a usable size; no token table", p["dataset"])
+            return None
         import backbones
 
         patch = int(b["patch"] or backbones.get_spec(s.config["backbone"]).timm_kwargs.get("patch_size", 16))
         results = run_benchmark(
-            index["height"].to_numpy(int),
-            index["width"].to_numpy(int),
+            sizes["height"].to_numpy(int),
+            sizes["width"].to_numpy(int),
             patch=patch,
             max_side=int(b["max_side"]),
             batch_size=int(p["batch_size"]),
@@ -174,7 +194,7 @@ def write_reports(plan: Plan, store: Store, out_dir: Path, tracker: Tracker | No
         manifest,
         out_dir,
         title=plan.matrix.description or plan.matrix.name,
-        token_frame=token_frame(plan),
+        token_frame=token_frame(plan, store),
         **plan.matrix.reports,
     )
     missing = len(plan.cells) - len(manifest)
@@ -223,7 +243,8 @@ def run_matrix(matrix: Matrix, opts: RunOptions) -> tuple[RunSummary, Plan, list
                         r.experiment, r.pair, r.shared_patients, r.shared_images, r.a, r.b)
     stages = plan.ordered()
     uri = opts.tracking_uri
-    tracker = Tracker(uri, artifact_root=results / "mlartifacts") if uri else None
+    # one MLflow experiment per matrix, so runs of different studies do not mix
+    tracker = Tracker(uri, experiment=matrix.name, artifact_root=results / "mlartifacts", description=matrix.description) if uri else None
     parent = None
     if tracker:
         parent = tracker.start(
@@ -247,7 +268,9 @@ def run_matrix(matrix: Matrix, opts: RunOptions) -> tuple[RunSummary, Plan, list
         tracking_uri=uri,
         tracking_mode="deferred" if deferred else "direct",
         parent_run_id=parent,
+        experiment=matrix.name,
         run_tags={"matrix": matrix.name},
+        stage_tags=stage_tags(plan),
     )
     started = time.time()
     executor = make_executor(
@@ -305,13 +328,16 @@ def _after_wait(summary: RunSummary, store: Store) -> RunSummary:
     return summary
 
 
-def sync_tracking(results: Path, uri: str | None) -> dict[str, int]:
-    """Import the stages' deferred MLflow events (cluster runs on the SQLite store) exactly once."""
+def sync_tracking(results: Path, uri: str | None, experiment: str | None = None) -> dict[str, int]:
+    """Import the stages' deferred MLflow events (cluster runs on the SQLite store) exactly once.
+
+    Each stage's events name their matrix (tag `matrix`), which is its MLflow experiment.
+    """
     if not uri:
         return {}
-    from bench.tracking import Tracker, import_events
+    from bench.tracking import DEFAULT_EXPERIMENT, Tracker, import_events
 
-    return import_events(results / "store", Tracker(uri))
+    return import_events(results / "store", lambda name: Tracker(uri, experiment=name or experiment or DEFAULT_EXPERIMENT))
 
 
 def _append_history(results: Path, matrix: Matrix, summary: RunSummary, seconds: float, run_id: str | None) -> None:

@@ -62,7 +62,7 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
 class Tracker:
     """Thin, retrying wrapper over `MlflowClient` bound to one experiment."""
 
-    def __init__(self, uri: str, experiment: str = DEFAULT_EXPERIMENT, artifact_root: Path | None = None) -> None:
+    def __init__(self, uri: str, experiment: str = DEFAULT_EXPERIMENT, artifact_root: Path | None = None, description: str = "") -> None:
         from mlflow import MlflowClient
 
         self.uri = uri
@@ -71,8 +71,9 @@ class Tracker:
         if exp is None:
             loc = artifact_root.resolve().as_uri() if artifact_root else None
             try:
+                tags = {"mlflow.note.content": description} if description else None
                 self.experiment_id = _retry(
-                    lambda: self.client.create_experiment(experiment, artifact_location=loc), "create experiment"
+                    lambda: self.client.create_experiment(experiment, artifact_location=loc, tags=tags), "create experiment"
                 )
             except Exception:
                 # another process created it between our get and create
@@ -219,7 +220,7 @@ EVENTS = "mlflow_events.jsonl"
 IMPORTED = "mlflow_events.imported.json"
 
 
-def import_events(store_root: Path, tracker: "Tracker", parent_of: Callable[[str], str | None] | None = None) -> dict[str, int]:
+def import_events(store_root: Path, tracker: "Tracker | Callable[[str | None], Tracker]", parent_of: Callable[[str], str | None] | None = None) -> dict[str, int]:
     """Replay every stage's deferred MLflow events into `tracker`'s store, exactly once.
 
     Per stage, `mlflow_events.imported.json` records how many lines are in MLflow and in
@@ -234,6 +235,17 @@ def import_events(store_root: Path, tracker: "Tracker", parent_of: Callable[[str
     from mlflow.entities import Metric, Param, RunTag
 
     store_root = Path(store_root)
+    trackers: dict[str | None, Tracker] = {}
+
+    def tracker_for(events_path: Path) -> "Tracker":
+        if isinstance(tracker, Tracker):
+            return tracker
+        first = events_path.open().readline()
+        name = json.loads(first).get("tags", {}).get("matrix") if first.strip() else None
+        if name not in trackers:
+            trackers[name] = tracker(name)
+        return trackers[name]
+
     counts = {"stages": 0, "events": 0, "runs_created": 0, "recovered": 0}
     lock = store_root / ".mlflow_import.lock"
     try:
@@ -254,7 +266,7 @@ def import_events(store_root: Path, tracker: "Tracker", parent_of: Callable[[str
             if state["state"] == "importing":
                 if state.get("run_id"):
                     try:
-                        _retry(lambda: tracker.client.delete_run(state["run_id"]), "delete partial run")
+                        _retry(lambda: tracker_for(events).client.delete_run(state["run_id"]), "delete partial run")
                     except Exception as exc:
                         log.debug("partial run %s already gone: %s", state["run_id"], exc)
                 state = {"lines": 0, "run_id": None, "state": "imported"}
@@ -263,6 +275,7 @@ def import_events(store_root: Path, tracker: "Tracker", parent_of: Callable[[str
             if not new:
                 continue
             run_id = state["run_id"]
+            tk = tracker_for(events)
             _write_json(marker, {**state, "state": "importing"})
             params: list[Param] = []
             for ln in new:
@@ -274,7 +287,7 @@ def import_events(store_root: Path, tracker: "Tracker", parent_of: Callable[[str
                     if parent:
                         tags["mlflow.parentRunId"] = parent
                     tags["bench.events"] = stage_dir.name
-                    run = _retry(lambda: tracker.client.create_run(tracker.experiment_id, tags=tags, run_name=ev["name"], start_time=ev["ts"]), "create run")
+                    run = _retry(lambda: tk.client.create_run(tk.experiment_id, tags=tags, run_name=ev["name"], start_time=ev["ts"]), "create run")
                     run_id = run.info.run_id
                     counts["runs_created"] += 1
                     _write_json(marker, {"lines": state["lines"], "run_id": run_id, "state": "importing"})
@@ -285,20 +298,20 @@ def import_events(store_root: Path, tracker: "Tracker", parent_of: Callable[[str
                     params.extend(Param(k, v) for k, v in ev["params"].items() if k not in have)
                 elif op == "metrics":
                     items = [Metric(k, v, ev["ts"], ev["step"]) for k, v in ev["values"].items()]
-                    _retry(lambda: tracker.client.log_batch(run_id, metrics=items), "log metrics")
+                    _retry(lambda: tk.client.log_batch(run_id, metrics=items), "log metrics")
                 elif op == "tags":
                     items_t = [RunTag(k, v) for k, v in ev["tags"].items()]
-                    _retry(lambda: tracker.client.log_batch(run_id, tags=items_t), "set tags")
+                    _retry(lambda: tk.client.log_batch(run_id, tags=items_t), "set tags")
                 elif op == "artifact" and Path(ev["path"]).exists():
-                    tracker.artifact(run_id, Path(ev["path"]), ev.get("artifact_path"))
+                    tk.artifact(run_id, Path(ev["path"]), ev.get("artifact_path"))
                 elif op == "resume":
-                    _retry(lambda: tracker.client.update_run(run_id, status="RUNNING"), "resume run")
+                    _retry(lambda: tk.client.update_run(run_id, status="RUNNING"), "resume run")
                 elif op == "end":
-                    _retry(lambda: tracker.client.set_terminated(run_id, status=ev["status"], end_time=ev["ts"]), "end run")
+                    _retry(lambda: tk.client.set_terminated(run_id, status=ev["status"], end_time=ev["ts"]), "end run")
                 counts["events"] += 1
             for i in range(0, len(params), 90):
                 chunk = params[i : i + 90]
-                _retry(lambda: tracker.client.log_batch(run_id, params=chunk), "log params")
+                _retry(lambda: tk.client.log_batch(run_id, params=chunk), "log params")
             _write_json(marker, {"lines": len(complete), "run_id": run_id, "state": "imported"})
             counts["stages"] += 1
     finally:

@@ -106,7 +106,7 @@ def test_inline_run_report_mlflow_and_rerun(tmp_path: Path, data_root: Path, cap
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("medssl-bench")
+    exp = client.get_experiment_by_name("mini")  # one MLflow experiment per matrix
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     parents = [r for r in runs if r.data.tags.get("kind") == "matrix"]
     children = [r for r in runs if "stage_key" in r.data.tags]
@@ -115,6 +115,13 @@ def test_inline_run_report_mlflow_and_rerun(tmp_path: Path, data_root: Path, cap
     assert {r.data.tags["stage_key"] for r in children} == set(plan.stages)
     ft = [r for r in children if r.data.tags["stage_kind"] == "finetune"]
     assert all("val_mean_auc" in r.data.metrics for r in ft)
+    # every run carries the axes it is compared by, and run names are readable and distinct
+    for r in children:
+        assert r.data.tags["matrix"] == "mini" and r.data.tags["experiments"]
+        assert {"backbone", "init", "pretrain_method", "pretrain_dataset"} <= set(r.data.tags)
+    assert len({r.info.run_name for r in children}) == len(children)
+    ev = [r for r in children if r.data.tags["stage_kind"] == "evaluate"]
+    assert all(" · eval " in r.info.run_name and r.data.tags["site"] for r in ev)
 
     # second run: zero stages executed, nothing overwritten
     mtimes = {p: p.stat().st_mtime_ns for p in store.rglob("predictions.parquet")}
