@@ -93,8 +93,10 @@ def test_schedules_and_last_layer_freeze() -> None:
     model.after_step(0.01)  # the first step of epoch 1
     assert not model.last_layer_frozen
     assert float(model.state_dict()["progress"]) == pytest.approx(0.01)  # resumable
-    # without a run length the reference's 300 epochs apply: 30 warm-up epochs
-    assert _dino().teacher_temp_warmup_epochs() == 30
+    # without a run length the reference's 100 epochs apply: 10 warm-up epochs; 300 or more: 30
+    assert _dino().teacher_temp_warmup_epochs() == 10
+    model.set_epochs(800)
+    assert model.teacher_temp_warmup_epochs() == 30
 
 
 def test_last_layer_gradient_is_zero_in_epoch_0_and_not_after() -> None:

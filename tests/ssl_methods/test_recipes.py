@@ -152,8 +152,8 @@ REFERENCE: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
             "clip_grad": 3.0,  # dino main_dino.py: --clip_grad 3.0
             "clip_mode": "per_tensor",  # dino utils.py: clip_gradients (per parameter)
             "warmup_epochs": 10,  # dino main_dino.py: --warmup_epochs 10
-            "epochs": 300,  # dino README "Boosting DINO performance": --epochs 300 (ViT-S/16)
-            "batch_size": 1024,  # dino README boost run: 16 GPUs x --batch_size_per_gpu 64
+            "epochs": 100,  # dino main_dino.py: --epochs 100 (README vanilla ViT-S run; the 300-epoch boost keeps 10 warm-up)
+            "batch_size": 512,  # dino README vanilla run: 8 GPUs x --batch_size_per_gpu 64
         },
         {
             "norm_last_layer": True,  # dino main_dino.py: --norm_last_layer default True
