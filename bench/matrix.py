@@ -188,7 +188,7 @@ class FinetuneCfg(_Strict):
     site_options: dict[str, Any] = Field(default_factory=dict)
     classes: Classes = "nih14"  # a label set, `site` (the site's own labels) or a list of label columns
     task: Literal["multilabel", "multiclass"] = "multilabel"  # sigmoid + BCE, or softmax + cross-entropy
-    pool: Literal["default", "avg", "token"] = "default"  # ViT feature pooling for the head (timm global_pool)
+    pool: Literal["default", "avg", "token", "flatten"] = "default"  # ViT pooling for the head; flatten: linear probes only
     seeds: list[NonNegativeInt] = Field(default_factory=lambda: [0])
     mode: Literal["finetune", "linear_probe"] = "finetune"
     epochs: AtLeast1 = 30

@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 
 from bench.train.data import ImageBatches, load_index, source_kwargs
-from bench.train.finetune import pool_kwargs, predict, selection_score
+from bench.train.finetune import build_model, predict, selection_score
 
 if TYPE_CHECKING:
     from bench.env import StageEnv
@@ -24,20 +24,21 @@ if TYPE_CHECKING:
 
 
 def run_evaluate(stage: "Stage", store: "Store", logger: "StageLogger", env: "StageEnv") -> tuple[list[str], dict[str, Any]]:
-    import backbones
     from reports.metrics import auc_per_class
 
     cfg = stage.config
     ft_key = stage.upstream[0]
     saved = torch.load(store.path(ft_key, "model.pt"), map_location="cpu", weights_only=True)
     classes: list[str] = list(saved["classes"])
-    model = backbones.create(
+    # model.pt files written before linear probes had their own head carry no `mode`: plain timm models
+    model = build_model(
         saved["backbone"],
         init="random",
         in_chans=cfg["in_chans"],
         num_classes=len(classes),
         img_size=cfg["image_size"],
-        **pool_kwargs({"pool": saved.get("pool", "default")}),
+        pool=saved.get("pool", "default"),
+        mode=saved.get("mode", "finetune"),
     )
     model.load_state_dict(saved["state_dict"])
     model.to(torch.device(env.device))

@@ -1,8 +1,19 @@
 """Fine-tune stage: multi-label BCE on a site's train split, model selection on its val split.
 
-Model selection keeps the weights of the epoch with the best mean validation AUC
-(classes with both labels present), as the papers do; `model.pt` holds those weights
-plus the class order, which the evaluate stage reads.
+Model selection keeps the weights of the epoch with the best validation score (mean AUC
+over classes with both labels present, or balanced top-1 accuracy for multi-class
+tasks), as the papers do; `model.pt` holds those weights plus the class order and the
+head's structure, which the evaluate stage reads.
+
+Linear probing (`mode: linear_probe`) trains a `LinearProbe`: the encoder frozen in eval
+mode, its tokens aggregated (`pool`: mean of patch tokens, CLS token, or the flattened
+patch tokens, the pilot study's three variants), standardised by a BatchNorm without
+affine parameters, then one linear layer. The standardisation is not cosmetic: frozen
+self-supervised features (MAE's in particular) share a large common component, so the
+part that differs between images is a few percent of the feature scale; a linear layer
+fed raw features then sees near-constant inputs, learns only the class prior in a short
+schedule and predicts the majority class for every image (balanced accuracy = chance).
+MAE's linear-probe recipe (He et al. 2022, appendix A.2) adds the same BatchNorm.
 """
 
 from __future__ import annotations
@@ -12,7 +23,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from torch import nn
+
 from bench.data.labels import resolve_classes
+from bench.data.sites import DataError
 from bench.train.data import ImageBatches, load_index, source_kwargs
 from bench.train.loop import OptimCfg, default_param_groups, fit
 from bench.train.pretrain import masked_bce, resolve_init
@@ -41,9 +55,75 @@ def predict(model: torch.nn.Module, batches: ImageBatches, multiclass: bool = Fa
 
 
 def pool_kwargs(f: dict[str, Any]) -> dict[str, Any]:
-    """timm `global_pool` for ViT heads: `avg` (mean of patch tokens, the MAE recipe) or `token` (CLS)."""
+    """timm `global_pool` for ViT heads: `avg` (mean of patch tokens, the MAE recipe) or `token` (CLS).
+
+    `flatten` keeps timm's default pooling (and so the encoder's final norm): the probe
+    reads the normed token sequence itself, see `LinearProbe`.
+    """
     pool = f.get("pool", "default")
-    return {} if pool == "default" else {"global_pool": pool}
+    return {} if pool in ("default", "flatten") else {"global_pool": pool}
+
+
+class LinearProbe(nn.Module):
+    """Frozen encoder -> aggregated features -> BatchNorm (no affine) -> linear layer.
+
+    `pool` names the aggregation: `default` (the backbone's own pooled features), `avg`
+    (mean of the patch tokens), `token` (the CLS token) or `flatten` (all patch tokens of
+    the normed sequence, concatenated; for CNNs the whole feature map). The encoder never
+    trains: its parameters are frozen, its forward runs without autograd, and `train()`
+    keeps it in eval mode so that dropout or BatchNorm statistics inside it cannot drift
+    either. Why the BatchNorm: see the module docstring.
+    """
+
+    def __init__(self, encoder: nn.Module, num_classes: int, pool: str, in_chans: int, img_size: int) -> None:
+        super().__init__()
+        if pool not in ("default", "avg", "token", "flatten"):
+            raise ValueError(f"linear probe pool {pool!r} is not one of default, avg, token, flatten")
+        self.encoder = encoder.requires_grad_(False).eval()
+        self.pool = pool
+        with torch.no_grad():
+            dim = self.features(torch.zeros(1, in_chans, img_size, img_size)).shape[1]
+        self.norm = nn.BatchNorm1d(dim, affine=False, eps=1e-6)
+        self.head = nn.Linear(dim, num_classes)
+        nn.init.trunc_normal_(self.head.weight, std=0.01)
+        nn.init.zeros_(self.head.bias)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, D) frozen features of a batch, before standardisation."""
+        with torch.no_grad():
+            f = self.encoder.forward_features(x)
+            if self.pool != "flatten":
+                return self.encoder.forward_head(f, pre_logits=True).flatten(1)
+            if f.ndim == 3:  # ViT token sequence (B, prefix + L, D): patch tokens only
+                f = f[:, int(getattr(self.encoder, "num_prefix_tokens", 0)) :]
+            return f.flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(self.features(x).float()))
+
+    def train(self, mode: bool = True) -> "LinearProbe":
+        super().train(mode)
+        self.encoder.eval()
+        return self
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+
+def build_model(
+    backbone: str, *, init: str, in_chans: int, num_classes: int, img_size: int, pool: str = "default", mode: str = "finetune"
+) -> nn.Module:
+    """The network a fine-tune stage trains and its evaluate stages reload (same structure both times)."""
+    import backbones
+
+    if mode == "linear_probe":
+        encoder = backbones.create(backbone, init=init, in_chans=in_chans, num_classes=0, img_size=img_size, **pool_kwargs({"pool": pool}))
+        return LinearProbe(encoder, num_classes, pool, in_chans, img_size)
+    if mode != "finetune":
+        raise ValueError(f"fine-tune mode {mode!r} is not one of finetune, linear_probe")
+    if pool == "flatten":
+        raise ValueError("pool 'flatten' is a linear-probe aggregation; full fine-tuning uses default, avg or token")
+    return backbones.create(backbone, init=init, in_chans=in_chans, num_classes=num_classes, img_size=img_size, **pool_kwargs({"pool": pool}))
 
 
 def cross_entropy_onehot(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -67,6 +147,30 @@ def selection_score(y: np.ndarray, probs: np.ndarray, multiclass: bool) -> float
     if not known.any():
         return float("nan")
     return float(balanced_accuracy_score(np.nan_to_num(y[known]).argmax(1), probs[known].argmax(1)))
+
+
+def why_no_score(y: np.ndarray, probs: np.ndarray, multiclass: bool) -> str:
+    """Why `selection_score` is NaN for these validation targets and probabilities."""
+    known = ~np.isnan(y)
+    if probs.size and not np.isfinite(probs).all():
+        return "the model's validation probabilities are not finite (NaN/inf weights or inputs)"
+    if multiclass:
+        if not known.all(axis=1).any():
+            return "no validation image has a known class"
+        return "balanced accuracy is undefined on these validation labels"
+    both = [j for j in range(y.shape[1]) if (y[known[:, j], j] == 1).any() and (y[known[:, j], j] == 0).any()]
+    if not both:
+        return (
+            "no class has both positive and negative validation images, so AUC is undefined "
+            f"({len(y)} validation images, {int(known.sum())} known labels); use a larger val split or val_fraction"
+        )
+    return "the mean AUC over classes with both labels is undefined"
+
+
+def _migrate_state(state: dict[str, Any]) -> None:
+    """Checkpoints written before the rename call the best validation score `best_auc`."""
+    if "best_auc" in state:
+        state["best_score"] = state.pop("best_auc")
 
 
 def finetune_sets(site: str, root: str, f: dict[str, Any], classes: list[str], seed: int) -> tuple[Any, Any]:
@@ -94,8 +198,6 @@ def finetune_sets(site: str, root: str, f: dict[str, Any], classes: list[str], s
 
 
 def run_finetune(stage: "Stage", store: "Store", logger: "StageLogger", env: "StageEnv") -> tuple[list[str], dict[str, Any]]:
-    import backbones
-
     cfg = stage.config
     f = cfg["finetune"]
     seed = int(cfg["seed"])
@@ -110,13 +212,10 @@ def run_finetune(stage: "Stage", store: "Store", logger: "StageLogger", env: "St
     else:
         init = resolve_init(cfg["init"])
     torch.manual_seed(seed)
-    model = backbones.create(
-        cfg["backbone"], init=init, in_chans=cfg["in_chans"], num_classes=len(classes), img_size=cfg["image_size"], **pool_kwargs(f)
+    pool = f.get("pool", "default")
+    model = build_model(
+        cfg["backbone"], init=init, in_chans=cfg["in_chans"], num_classes=len(classes), img_size=cfg["image_size"], pool=pool, mode=f["mode"]
     )
-    if f["mode"] == "linear_probe":
-        head = {id(p) for p in model.get_classifier().parameters()}
-        for p in model.parameters():
-            p.requires_grad_(id(p) in head)
 
     common = dict(
         image_size=cfg["image_size"],
@@ -131,19 +230,25 @@ def run_finetune(stage: "Stage", store: "Store", logger: "StageLogger", env: "St
     train_b = ImageBatches(train, batch_size=f["batch_size"], drop_last=True, **common)
     val_b = ImageBatches(val, batch_size=max(f["batch_size"], 64), shuffle=False, **common)
     best_path = store.path(stage.key, "best.tmp.pt")
-    state: dict[str, Any] = {"best_auc": -1.0, "best_epoch": -1, "bad_epochs": 0}
+    # best_score: the best validation selection score so far (mean AUC or balanced top-1, see `metric`)
+    state: dict[str, Any] = {"best_score": -1.0, "best_epoch": -1, "bad_epochs": 0, "no_score": ""}
+    metric = "val_balanced_top1" if multiclass else "val_mean_auc"
 
     def epoch_end(epoch: int) -> dict[str, float]:
+        _migrate_state(state)
         probs, rows = predict(model, val_b, multiclass)
-        # model selection: mean AUC (multi-label) or balanced top-1 accuracy (multi-class)
-        auc = selection_score(val_b.targets[rows], probs, multiclass)
-        if auc > state["best_auc"]:
-            state.update(best_auc=auc, best_epoch=epoch, bad_epochs=0)
+        score = selection_score(val_b.targets[rows], probs, multiclass)
+        if score != score:  # NaN: say why once, and never select this epoch
+            if not state["no_score"]:
+                state["no_score"] = why_no_score(val_b.targets[rows], probs, multiclass)
+                logger.text(f"validation {metric} is NaN at epoch {epoch}: {state['no_score']}")
+            state["bad_epochs"] += 1
+        elif score > state["best_score"]:
+            state.update(best_score=score, best_epoch=epoch, bad_epochs=0)
             torch.save({k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, best_path)
         else:
             state["bad_epochs"] += 1
-        name = "val_balanced_top1" if multiclass else "val_mean_auc"
-        return {name: auc, f"best_{name}": state["best_auc"]}
+        return {metric: score, f"best_{metric}": state["best_score"]}
 
     def step_fn(x: torch.Tensor, y: torch.Tensor | None, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         from bench.train.data import augment_batch
@@ -178,12 +283,18 @@ def run_finetune(stage: "Stage", store: "Store", logger: "StageLogger", env: "St
         precision=f.get("precision", "auto"),
         should_stop=(lambda: state["bad_epochs"] >= f["patience"]) if f.get("patience") else None,
     )
+    _migrate_state(state)
+    if state["best_epoch"] < 0 or not best_path.exists():
+        why = state.get("no_score") or "no epoch produced a finite validation score"
+        msg = f"fine-tune on {site}: validation {metric} was NaN in every epoch, so there is no best model to keep: {why}"
+        raise (DataError(msg) if "probabilities" not in why else FloatingPointError(msg))
     best = torch.load(best_path, map_location="cpu", weights_only=True)
+    saved = {"state_dict": best, "classes": classes, "backbone": cfg["backbone"], "task": f["task"], "pool": pool, "mode": f["mode"]}
     with store.write_output(stage.key, "model.pt") as tmp:
-        torch.save({"state_dict": best, "classes": classes, "backbone": cfg["backbone"], "task": f["task"], "pool": f.get("pool", "default")}, tmp)
+        torch.save(saved, tmp)
     best_path.unlink()
     bad = len(train_b.bad) + len(val_b.bad)
     if bad:
         logger.text(f"skipped {bad} unreadable images: {sorted({**train_b.bad.paths, **val_b.bad.paths})}")
-    summary = {"best_val_score": state["best_auc"], "best_epoch": state["best_epoch"], "bad_images": bad}
+    summary = {"best_val_score": state["best_score"], "selection_metric": metric, "best_epoch": state["best_epoch"], "bad_images": bad}
     return ["model.pt"], {**summary, "train_images": len(train), "val_images": len(val)}
