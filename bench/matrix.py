@@ -112,6 +112,7 @@ AtLeast1 = Annotated[int, _range(1)]  # epochs, batch sizes, image sizes, counts
 NonNegativeInt = Annotated[int, _range(0)]  # seeds
 Positive = Annotated[float, _range(0, low_open=True)]  # learning rates, clipping norms
 NonNegative = Annotated[float, _range(0)]  # weight decay, minimum lr, warm-up epochs
+Beta = Annotated[float, _range(0, 1, high_open=True)]  # AdamW betas
 
 
 def _backbone_patch(name: str) -> int | None:
@@ -159,7 +160,7 @@ class PretrainCfg(_Strict):
     clip_grad: Positive | None = 3.0
     clip_mode: Literal["global", "per_tensor"] = "global"  # per_tensor: the DINO/GMML/SiT reference rule
     weight_decay_end: NonNegative | None = None  # cosine weight-decay schedule (DINO/GMML: 0.04 -> 0.4)
-    betas: tuple[float, float] = (0.9, 0.999)  # AdamW betas (MAE: 0.9, 0.95)
+    betas: tuple[Beta, Beta] = (0.9, 0.999)  # AdamW betas (MAE: 0.9, 0.95)
     options: dict[str, Any] = Field(default_factory=dict)  # method config (mask ratio, ...)
     batching: BatchingCfg = Field(default_factory=BatchingCfg)
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on GPUs that support it

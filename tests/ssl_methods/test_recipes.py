@@ -324,3 +324,13 @@ def test_config_classes_are_the_ones_the_methods_parse() -> None:
              "mocov3": MoCoV3Config}
     for name, cfg in pairs.items():
         assert ssl_methods.METHODS.get(name).config_class is cfg
+
+
+def test_matrix_rejects_betas_out_of_range(tmp_path: Path) -> None:
+    from bench.matrix import MatrixError
+
+    with pytest.raises(MatrixError, match=r"pretrain\.betas"):
+        _matrix(tmp_path, """
+experiments:
+  - {id: a, pretrain: {method: mae, dataset: nih, betas: [0.9, 1.0]}}
+""")
