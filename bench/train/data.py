@@ -292,17 +292,19 @@ class BinnedBatches:
         from bench.data.dbb import DBBBatchSampler
         from bench.data.io import read_image
 
-        if index["height"].isna().any() or index["width"].isna().any():
-            raise DataError("batching: dbb needs image sizes (height/width) in the site index")
         self.bad = BadImages()
-        unreadable = (index["height"] <= 0) | (index["width"] <= 0)
+        # size -1 (header unreadable at indexing time), 0 or missing: the image cannot be binned, so it
+        # is unreadable like any image that fails to decode (skipped and counted, or fatal under `fail`)
+        unreadable = ~((index["height"] > 0) & (index["width"] > 0))
         if unreadable.any():
-            # size -1: the header could not be read at indexing time, so the image cannot be binned
             first = str(index.loc[unreadable, "path"].iloc[0])
             if policy == "fail":
-                raise DataError(f"cannot read image {first}: unreadable header ({int(unreadable.sum())} such images)")
+                raise DataError(
+                    f"cannot read image {first}: no usable size in its header ({int(unreadable.sum())} such images)"
+                )
             for path in index.loc[unreadable, "path"].astype(str):
-                self.bad.add(path, "unreadable header")
+                self.bad.add(path, "no usable size in its header (unreadable, empty or missing)")
+            log.warning("DBB: %d image(s) without a usable size skipped, e.g. %s", int(unreadable.sum()), first)
             index = index[~unreadable]
         opts = dict(read_options or {})
         self._read = lambda path: read_image(path, **opts)

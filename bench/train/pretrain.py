@@ -164,7 +164,15 @@ def run_pretrain(stage: "Stage", store: "Store", logger: "StageLogger", env: "St
     )
     if len(batches.bad):
         logger.text(f"skipped {len(batches.bad)} unreadable images: {sorted(batches.bad.paths)}")
+    outputs = ["encoder.pt"]
+    if isinstance(batches, BinnedBatches):
+        # the sizes the DBB sampler binned (subset drawn, unreadable images left out): the report's
+        # token table is rebuilt from the store alone, even once the data folder is gone
+        outputs.append("sizes.parquet")
+        if env.is_main:
+            with store.write_output(stage.key, "sizes.parquet") as tmp:
+                batches.index[["image_id", "height", "width"]].to_parquet(tmp, index=False)
     with store.write_output(stage.key, "encoder.pt") as tmp:
         torch.save({k: v.detach().cpu() for k, v in method.encoder_state_dict().items()}, tmp)
     summary = {"images": len(index), "bad_images": len(batches.bad), **{k: v for k, v in state.items() if isinstance(v, float)}}
-    return ["encoder.pt"], summary
+    return outputs, summary
