@@ -102,7 +102,7 @@ def figure2(
     handles, texts = axes[0, 1].get_legend_handles_labels()
     ncol = 2 if len(exps) > 4 else len(exps)
     rows = -(-len(exps) // max(ncol, 1))
-    bottom = min(0.06 + 0.028 * rows, 0.3)
+    bottom = min(0.05 + 0.022 * rows, 0.3)
     fig.legend(handles, texts, loc="lower center", ncol=ncol, frameon=False, fontsize="small",
                title="Experiment: backbone, pre-training strategy, initialisation, pre-training data", title_fontsize="small")
     fig.suptitle(f"Reliability on {rel.column} (best seed per experiment by AUC; (a): all seeds)")

@@ -96,3 +96,18 @@ def test_layout_choice_prefers_the_plainest_that_fits() -> None:
     lay = choose_layout(wide)
     assert lay != CANDIDATE_LAYOUTS[0] and estimate_width(wide, lay) <= 345.0
     assert estimate_width(wide, CANDIDATE_LAYOUTS[0]) > estimate_width(wide, lay)
+
+
+@needs_pdflatex
+def test_a_table_taller_than_a_page_is_split_into_continued_floats(tmp_path, check_latex) -> None:
+    from reports.latex import compile_tex, document
+    from reports.tables import Cell, Row
+
+    rows = [Row(f"Metric {k}", [Cell(0.5 + k / 1000, 0.01)] * 4, group=f"{g}.1") for g in range(30) for k in range(4)]
+    t = Table("tall", "A tall table. Details.", "Metric", ["0.1", "0.2", "0.3", "0.4"], rows, group_header="No.")
+    tex = to_latex(t)
+    check_latex(tex, 5)
+    assert tex.count(r"\begin{table}") >= 3 and tex.count(r"\addtocounter{table}{-1}") == tex.count(r"\begin{table}") - 1
+    assert "(continued) A tall table." in tex
+    r = compile_tex(document([tex]), tmp_path, "tall")
+    assert r.ok and r.worst_pt <= 1.0, (r.overfull_pt, r.too_high_pt)
