@@ -37,16 +37,41 @@ def _add_slurm(p: argparse.ArgumentParser) -> None:
     p.add_argument("--slurm-config", default=None, help="slurm: user/site resource defaults (default $BENCH_SLURM_CONFIG or ~/.config/medssl-bench/slurm.yaml)")
 
 
+def _add_selection(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a matrix value, validated like the file: finetune.epochs=3 (every experiment), 'experiments[3.1].pretrain.epochs=100', data.root=/x (repeatable); names a variant whose reports go to their own folder")
+    p.add_argument("--only", default=None, metavar="IDS", help="only these experiments (comma-separated ids, e.g. 3.1,3.2)")
+    p.add_argument("--kind", default=None, metavar="KINDS", help="only stages of these kinds (comma-separated: pretrain, finetune, evaluate)")
+
+
+def _kinds(args: argparse.Namespace) -> set[str] | None:
+    from bench.plan import KINDS
+
+    if not getattr(args, "kind", None):
+        return None
+    kinds = {k.strip() for k in args.kind.split(",") if k.strip()}
+    bad = kinds - set(KINDS)
+    if bad:
+        raise CLIError(f"--kind: {', '.join(sorted(bad))} is not one of {', '.join(KINDS)}")
+    return kinds
+
+
 def _add_data_root(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", default=None, help="override the matrix's data.root (sites live in ROOT/<site>)")
 
 
 def _load(args: argparse.Namespace):  # -> Matrix
-    from bench.matrix import load_matrix
+    from bench.matrix import MatrixError, load_matrix
 
-    m = load_matrix(args.matrix)
+    m = load_matrix(args.matrix, getattr(args, "set", None) or None)
     if getattr(args, "data_root", None):
         m.data.root = args.data_root
+    only = [x.strip() for x in (getattr(args, "only", None) or "").split(",") if x.strip()]
+    if only:
+        ids = [e.id for e in m.experiments]
+        unknown = [x for x in only if x not in ids]
+        if unknown:
+            raise MatrixError(f"--only: no experiment {', '.join(map(repr, unknown))} in {m.path}; ids: {', '.join(ids)}")
+        m.experiments = [e for e in m.experiments if e.id in only]
     return m
 
 
@@ -75,6 +100,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         resource_layers=_resource_layers(args),
         retry_failed=args.retry_failed,
         wait=args.wait,
+        kinds=_kinds(args),
+        subset=bool(args.only or args.kind),
     )
     t0 = time.time()
     summary, plan, files = run_matrix(matrix, opts)
@@ -129,6 +156,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     matrix = _load(args)
     plan = build_plan(matrix)
+    kinds = _kinds(args)
+    if kinds:
+        plan.stages = {k: s for k, s in plan.stages.items() if s.kind in kinds}
     store = store_of(args.results.resolve())
     done = store.done_keys(list(plan.stages))
     print(describe(plan, done))
@@ -148,6 +178,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     matrix = _load(args)
     plan = build_plan(matrix)
+    kinds = _kinds(args)
+    if kinds:
+        plan.stages = {k: s for k, s in plan.stages.items() if s.kind in kinds}
     results = args.results.resolve()
     store = store_of(results)
     rows = stage_states(plan, store, results)
@@ -372,6 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("matrix", type=Path)
     _add_results(r)
     _add_data_root(r)
+    _add_selection(r)
     r.add_argument("--executor", choices=["inline", "local", "slurm"], default="local", help="local (submitit subprocesses, dependency-aware, parallel), inline (this process, easiest to debug) or slurm (submit the whole DAG to SLURM and return); default %(default)s")
     _add_slurm(r)
     r.add_argument("--retry-failed", action="store_true", help="slurm: resubmit failed stages (and their dependants)")
@@ -396,6 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("matrix", type=Path)
         _add_results(q)
         _add_data_root(q)
+        if name in ("plan", "status", "report", "audit"):
+            _add_selection(q)
         if name == "audit":
             q.add_argument("--csv", type=Path, default=None, help="also write the audit as CSV")
         if name == "plan":

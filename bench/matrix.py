@@ -334,10 +334,11 @@ class Matrix(_Strict):
     experiments: list[Experiment]
     reports: dict[str, Any] = Field(default_factory=dict)
     resources: dict[str, dict[str, Any]] = Field(default_factory=dict)  # cluster resources per stage kind
+    variant: str = ""  # `--set` overrides, e.g. "finetune.epochs=3": names reports, MLflow experiment, manifest
 
     @property
     def reports_dir_name(self) -> str:
-        return self.path.stem
+        return self.path.stem + (f"+{self.variant}" if self.variant else "")
 
 
 # ----------------------------------------------------------------------------- loading
@@ -421,11 +422,57 @@ def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] |
     return model
 
 
-def _validate_experiment(file: Path, where: str, raw: dict[str, Any]) -> Experiment:
+def _validate_experiment(file: Path, where: str, raw: dict[str, Any], defaults: dict[str, Any] | None = None, own: dict[str, Any] | None = None) -> Experiment:
     try:
         return Experiment.model_validate(raw)
     except ValidationError as exc:
+        # a bad key inherited from `defaults:` is reported where the user wrote it, with its line
+        if defaults is not None:
+            for err in exc.errors():
+                loc = [str(p) for p in err["loc"] if not isinstance(p, int)]
+                dotted = ".".join(loc)
+                if loc and _get_dotted(defaults, dotted) is not None and (own is None or _get_dotted(own, dotted) is None):
+                    line = _line_of(file, ["defaults", *loc])
+                    at = f" (line {line})" if line else ""
+                    msg = _format_error(file, where, exc).split(f"{where}.{dotted}: ", 1)[-1].split(f"; {where}")[0]
+                    raise MatrixError(f"{file}{at}: defaults.{dotted}: {msg}") from None
         raise MatrixError(_format_error(file, where, exc)) from None
+
+
+def _line_of(file: Path, keys: list[str]) -> int | None:
+    """1-based line of a nested mapping key in a YAML file (None when not found)."""
+    try:
+        node = yaml.compose(file.read_text())
+    except Exception:
+        return None
+    for k in keys:
+        if not isinstance(node, yaml.MappingNode):
+            return None
+        nxt = next(((kn, vn) for kn, vn in node.value if getattr(kn, "value", None) == k), None)
+        if nxt is None:
+            return None
+        key_node, node = nxt
+    return key_node.start_mark.line + 1
+
+
+TOP_LEVEL_OVERRIDES = ("name", "description", "data", "reports", "resources")
+_OVERRIDE = re.compile(r"^(?:experiments\[(?P<id>[^\]]+)\]\.)?(?P<key>[A-Za-z_][A-Za-z0-9_.]*)=(?P<value>.*)$", re.S)
+
+
+def parse_overrides(items: list[str] | None) -> list[tuple[str | None, str, Any]]:
+    """`--set finetune.epochs=3`, `--set 'experiments[3.1].pretrain.epochs=100'` -> (experiment id, key, value)."""
+    out = []
+    for item in items or []:
+        m = _OVERRIDE.match(item)
+        if not m:
+            raise MatrixError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. finetune.epochs=3 or 'experiments[3.1].pretrain.epochs=100'")
+        out.append((m.group("id"), m.group("key"), yaml.safe_load(m.group("value"))))
+    return out
+
+
+def variant_name(items: list[str] | None) -> str:
+    """A folder-safe name for a set of overrides (reports of a variant never overwrite the original's)."""
+    return "+".join(re.sub(r"[^A-Za-z0-9_.=,\[\]\-]+", "_", i) for i in items or [])
 
 
 def _expand_grid(file: Path, gi: int, block: dict[str, Any], defaults: dict[str, Any]) -> list[tuple[str, dict]]:
@@ -474,8 +521,13 @@ def _expand_grid(file: Path, gi: int, block: dict[str, Any], defaults: dict[str,
     return out
 
 
-def load_matrix(path: str | Path) -> Matrix:
-    """Load, expand and validate a matrix file. Raises `MatrixError` with a one-paragraph message."""
+def load_matrix(path: str | Path, overrides: list[str] | None = None) -> Matrix:
+    """Load, expand and validate a matrix file. Raises `MatrixError` with a one-paragraph message.
+
+    `overrides` (`--set`) are dotted `KEY=VALUE` items validated like the file: a top-level
+    key (`data.root=...`), one experiment's key (`experiments[3.1].pretrain.epochs=100`), or
+    any other key, which applies to every experiment (after `defaults`, winning over it).
+    """
     file = Path(path)
     if not file.is_file():
         raise MatrixError(f"{file}: no such matrix file")
@@ -492,6 +544,13 @@ def load_matrix(path: str | Path) -> Matrix:
     defaults = doc.get("defaults") or {}
     if not isinstance(defaults, dict):
         raise MatrixError(f"{file}: defaults: must be a mapping")
+    sets = parse_overrides(overrides)
+    for exp_id, key, value in sets:
+        if exp_id is None and key.split(".")[0] in TOP_LEVEL_OVERRIDES:
+            try:
+                _set_dotted(doc, key, value)
+            except TypeError as exc:
+                raise MatrixError(f"--set {key}: {exc}") from None
     raw_exps: list[tuple[str, dict]] = []
     for i, e in enumerate(doc.get("experiments") or []):
         if not isinstance(e, dict):
@@ -503,7 +562,20 @@ def load_matrix(path: str | Path) -> Matrix:
         raw_exps.extend(_expand_grid(file, gi, block, defaults))
     if not raw_exps:
         raise MatrixError(f"{file}: defines no experiments (give 'experiments:' and/or 'grid:')")
-    exps = [_validate_experiment(file, where, raw) for where, raw in raw_exps]
+    ids = {str(raw.get("id")) for _, raw in raw_exps}
+    for exp_id, key, value in sets:
+        if exp_id is None and key.split(".")[0] in TOP_LEVEL_OVERRIDES:
+            continue
+        if exp_id is not None and exp_id not in ids:
+            raise MatrixError(f"--set experiments[{exp_id}].{key}: no experiment {exp_id!r}; ids: {', '.join(sorted(ids))}")
+        for _, raw in raw_exps:
+            if exp_id is None or str(raw.get("id")) == exp_id:
+                try:
+                    _set_dotted(raw, key, value)
+                except TypeError as exc:
+                    raise MatrixError(f"--set {key}: {exc}") from None
+    own = {f"experiments[{i}]": e for i, e in enumerate(doc.get("experiments") or []) if isinstance(e, dict)}
+    exps = [_validate_experiment(file, where, raw, defaults if not sets else None, own.get(where)) for where, raw in raw_exps]
     seen: dict[str, str] = {}
     for (where, _), e in zip(raw_exps, exps):
         if e.id in seen:
@@ -532,10 +604,12 @@ def load_matrix(path: str | Path) -> Matrix:
         resources = validate_layer(doc.get("resources"), str(file))
     except ResourceError as exc:
         raise MatrixError(str(exc)) from None
+    variant = variant_name(overrides)
     return Matrix(
+        variant=variant,
         reports=reports,
         resources=resources,
-        name=str(doc.get("name") or file.stem),
+        name=str(doc.get("name") or file.stem) + (f"+{variant}" if variant else ""),
         description=str(doc.get("description") or ""),
         path=file,
         data=data,

@@ -184,7 +184,37 @@ def build_plan(matrix: Matrix) -> Plan:
                 }
                 ev_key = add("evaluate", ev_cfg, [ft_key], [t.site], f"{e.id} seed {seed} on {t.site}/{t.split}", ev_cfg)
                 cells.append(ReportCell(e.id, seed, t, ft_key, ev_key, pre_key))
+    _disambiguate_labels(stages)
     return Plan(matrix=matrix, stages=stages, cells=cells)
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix.rstrip("."): d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}."))
+    return out
+
+
+def _disambiguate_labels(stages: dict[str, Stage]) -> None:
+    """Stages of one kind with the same label get the config values that tell them apart.
+
+    e.g. four GMML pre-trainings of Krones Table 5 differ only in options; the CheXpert
+    test and valid evaluations only in `site_options.split`. Keys shared by all are left out.
+    """
+    groups: dict[tuple[str, str], list[Stage]] = {}
+    for s in stages.values():
+        groups.setdefault((s.kind, s.label), []).append(s)
+    for (_, label), group in groups.items():
+        if len(group) < 2:
+            continue
+        flats = [_flat(s.config) for s in group]
+        keys = sorted({k for f in flats for k in f})
+        differing = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True, default=str) for f in flats}) > 1]
+        for s, f in zip(group, flats):
+            extra = ", ".join(f"{k.split('.', 1)[-1] if k.startswith(('pretrain.', 'finetune.')) else k}={f.get(k)}" for k in differing[:4])
+            s.label = f"{label} [{extra}]" if extra else label
 
 
 def describe(plan: Plan, done: set[str] | None = None) -> str:

@@ -44,6 +44,8 @@ class RunOptions:
     resource_layers: tuple[dict[str, dict[str, Any]], ...] = ()  # user file, matrix, command line (SLURM)
     retry_failed: bool = False
     wait: bool = False  # cluster executors: follow the jobs until the end, then write the reports
+    kinds: set[str] | None = None  # only stages of these kinds (`--kind`)
+    subset: bool = False  # `--only`/`--kind`: a partial run writes no reports (they would be partial)
 
 
 def store_of(results: Path) -> Store:
@@ -241,7 +243,7 @@ def run_matrix(matrix: Matrix, opts: RunOptions) -> tuple[RunSummary, Plan, list
         for r in shared.itertuples():
             log.warning("leakage audit: experiment %s %s shares %d patients / %d images (%s vs %s)",
                         r.experiment, r.pair, r.shared_patients, r.shared_images, r.a, r.b)
-    stages = plan.ordered()
+    stages = [s for s in plan.ordered() if opts.kinds is None or s.kind in opts.kinds]
     uri = opts.tracking_uri
     # one MLflow experiment per matrix, so runs of different studies do not mix
     tracker = Tracker(uri, experiment=matrix.name, artifact_root=results / "mlartifacts", description=matrix.description) if uri else None
@@ -294,7 +296,9 @@ def run_matrix(matrix: Matrix, opts: RunOptions) -> tuple[RunSummary, Plan, list
             summary = _after_wait(summary, store)
         if deferred:
             sync_tracking(results, uri)
-        if opts.report and (executor.waits or opts.wait):
+        if opts.subset and opts.report:
+            log.info("a subset of the matrix ran (--only/--kind): reports not written; `bench report` builds them from the store")
+        if opts.report and not opts.subset and (executor.waits or opts.wait):
             files = write_reports(plan, store, reports_dir(results, matrix), tracker, parent)
     finally:
         if tracker and parent:
