@@ -113,9 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     tline = (f"Planning, synthetic {timing['n']:,} images ({timing['distinct_sizes']:,} distinct sizes, "
              f"{timing['distinct_grids']:,} distinct grids at S={max(args.max_side)}): {timing['bins']} bins, "
              f"bin construction {timing['build_s']:.2f} s once, epoch plan median {timing['plan_s_median']:.3f} s "
-             f"(max {timing['plan_s_max']:.3f} s; target < 2 s) -> {'PASS' if timing['plan_s_max'] < 2 else 'FAIL'}")
+             f"(max {timing['plan_s_max']:.3f} s; target < 1 s) -> {'PASS' if timing['plan_s_median'] < 1 else 'FAIL'}")
     print(tline)
-    checks.append(timing["plan_s_max"] < 2)
+    checks.append(timing["plan_s_median"] < 1)
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "dbb_padchest.md").write_text("\n".join(mds) + "\n" + tline + "\n")

@@ -31,6 +31,18 @@ Pipeline (all sizes come from index metadata, never from decoding pixels):
 Shapes are `(h, w)` in patches ("grid") unless named `*_px`. Batch sizes are per
 rank. `mode="resize"` (the pilot study's "smart binning") resizes each image to its
 bin's representative shape (rounded mean grid of the bin's members) instead of padding.
+`mode="fit"` bounds the resize: a bin's shape is its envelope shrunk by at most
+`resize_bound` δ patches per dimension; images larger than the shape are downscaled
+by at most δ patches (δ·p pixels) per side, then everything is padded.
+
+Single-shape steps need a full batch of (nearly) equal grids, which small or diverse
+size lists do not have: on random 5,000-7,500-image PadChest subsets at S = 3072 the
+bins above cost 110-116% of pad-to-patch tokens (benchmarks/dbb_subsets.py), and no
+bound of one or two patches fixes it. `plan_mixed_epoch` / `MixedStepSampler` plan
+*mixed-shape steps* instead: a step of B images (or a token budget) drawn from a
+size-sorted pool, run as exact-grid micro-batches with gradient accumulation (zero
+padding, same-step pairs rarely meet again). They need a training loop that
+accumulates over a step's micro-batches; `DBBBatchSampler` keeps one shape per step.
 """
 
 from __future__ import annotations
