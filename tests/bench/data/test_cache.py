@@ -283,3 +283,25 @@ def test_killed_process_resumes(tmp_path: Path) -> None:
     prepare(index, out, size=24, native=True, n_shards=24)
     prepare(index, tmp_path / "one", size=24, native=True)
     _same_cache(out, tmp_path / "one")
+
+
+@pytest.mark.slow
+def test_cli_job_array_tasks_commit_the_cache(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`bench data prepare SITE --n-shards N --shard I --merge`: the last task to finish commits."""
+    from bench.cli import main
+    from bench.data.synthetic.padchest import write
+    from bench.train.data import cache_dir_for, open_cache
+
+    write(tmp_path / "pc", seed=2, scale=0.02)
+    args = ["data", "prepare", "padchest", "--root", str(tmp_path / "pc"), "--size", "16", "--cache-dir", str(tmp_path / "c")]
+    for shard in (1, 0, 2):
+        assert main([*args, "--n-shards", "3", "--shard", str(shard), "--merge"]) == 0
+        committed = open_cache(tmp_path / "c", "padchest", {}, 16) is not None
+        assert committed == (shard == 2)  # a stage sees the cache only once every shard is in
+    assert "cache committed" in capsys.readouterr().out
+    assert main([*args, "--shard", "0"]) == 2  # --shard without --n-shards
+    one = tmp_path / "one"
+    assert main(["data", "prepare", "padchest", "--root", str(tmp_path / "pc"), "--size", "16", "--cache-dir", str(one), "--workers", "1"]) == 0
+    a = cache_dir_for(tmp_path / "c", "padchest", {}) / "size16"
+    b = cache_dir_for(one, "padchest", {}) / "size16"
+    assert (a / "images_16.npy").read_bytes() == (b / "images_16.npy").read_bytes()
