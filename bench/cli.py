@@ -392,6 +392,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
     print("MLflow UI: " + " ".join(cmd) + f"\nthen open http://127.0.0.1:{args.port}")
     if args.print_only:
         return 0
+    # artifact locations are relative to the results folder (they survive moving it): serve from there
+    os.chdir(args.results.resolve())
     os.execv(cmd[0], cmd)
     return 0
 

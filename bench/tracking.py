@@ -17,8 +17,9 @@ from __future__ import annotations
 import logging
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 log = logging.getLogger(__name__)
 stage_log = logging.getLogger("bench.stage")
@@ -32,6 +33,30 @@ def default_tracking_uri(results: Path) -> str:
     if env:
         return env
     return f"sqlite:///{(results / 'mlflow.db').resolve()}"
+
+
+@contextmanager
+def _schema_lock(uri: str) -> Iterator[None]:
+    """Hold `<db>.init.lock` (flock) while a client opens a SQLite store.
+
+    Why: the first client of a fresh `mlflow.db` creates the tables and runs the alembic
+    migrations; two `bench run`s (or two workers) doing it at once fail with
+    `alembic.util.exc.CommandError: Online migration expected to match one row`.
+    Other backends (a tracking server) serialise this themselves.
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    db = Path(uri[len("sqlite:///"):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{db}.init.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _retry(fn: Callable[[], T], what: str, attempts: int = 8) -> T:
@@ -66,8 +91,9 @@ class Tracker:
         from mlflow import MlflowClient
 
         self.uri = uri
-        self.client = MlflowClient(tracking_uri=uri)
-        exp = _retry(lambda: self.client.get_experiment_by_name(experiment), "get experiment")
+        with _schema_lock(uri):  # one process at a time creates/migrates a fresh SQLite store (issue 14.2)
+            self.client = MlflowClient(tracking_uri=uri)
+            exp = _retry(lambda: self.client.get_experiment_by_name(experiment), "get experiment")
         if exp is None:
             loc = artifact_root.resolve().as_uri() if artifact_root else None
             try:
@@ -83,6 +109,9 @@ class Tracker:
                 self.experiment_id = exp.experiment_id
         else:
             self.experiment_id = exp.experiment_id
+        self.base = _sqlite_dir(uri)
+        if exp is None and artifact_root is not None and self.base is not None:
+            _make_relative(uri, self.experiment_id, Path(artifact_root), self.base)
 
     def start(self, name: str, tags: dict[str, str] | None = None, parent: str | None = None) -> str:
         tags = dict(tags or {})
@@ -123,6 +152,18 @@ class Tracker:
             return False
 
     def artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+        if self.base is not None:
+            uri = _retry(lambda: self.client.get_run(run_id), "get run").info.artifact_uri
+            if "://" not in uri and not uri.startswith("/"):
+                # relative to the results folder (see _make_relative): resolve it here, not against the cwd
+                from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
+
+                repo = LocalArtifactRepository(str(self.base / uri))
+                if path.is_dir():
+                    repo.log_artifacts(str(path), artifact_path)
+                else:
+                    repo.log_artifact(str(path), artifact_path)
+                return
         if path.is_dir():
             _retry(lambda: self.client.log_artifacts(run_id, str(path), artifact_path), "log artifacts")
         else:
@@ -143,6 +184,35 @@ class Tracker:
 
     def end(self, run_id: str, status: str = "FINISHED") -> None:
         _retry(lambda: self.client.set_terminated(run_id, status=status), "end run")
+
+
+def _sqlite_dir(uri: str) -> Path | None:
+    """Folder of a SQLite tracking store (the results folder), or None for servers and other stores."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///") :]).parent
+
+
+def _make_relative(uri: str, experiment_id: str, artifact_root: Path, base: Path) -> None:
+    """Store the experiment's artifact location relative to the results folder.
+
+    MLflow turns local artifact locations into absolute `file://` URIs, which break as soon
+    as a results folder is copied off a cluster. A relative location (`mlartifacts/<id>`)
+    resolves against the results folder: `Tracker.artifact` writes there and `bench ui`
+    serves from there, wherever the folder has moved.
+    """
+    import sqlite3
+
+    try:
+        rel = artifact_root.resolve().relative_to(base.resolve()) / str(experiment_id)
+    except ValueError:
+        return  # artifacts outside the results folder: keep MLflow's absolute location
+    con = sqlite3.connect(uri[len("sqlite:///") :], timeout=30)
+    try:
+        con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?", (str(rel), int(experiment_id)))
+        con.commit()
+    finally:
+        con.close()
 
 
 class StageLogger:

@@ -70,3 +70,25 @@ def test_events_appended_later_continue_the_same_run(tmp_path: Path) -> None:
     assert _history(tracker, "k") == [2.0, 1.0]
     run = tracker.client.search_runs([tracker.experiment_id], filter_string="tags.stage_key = 'k'")[0]
     assert run.info.status == "FINISHED"
+
+
+def test_artifacts_survive_moving_the_results_folder(tmp_path: Path, monkeypatch) -> None:
+    import shutil
+
+    import mlflow
+
+    res = tmp_path / "results"
+    res.mkdir()
+    tracker = Tracker(f"sqlite:///{res / 'mlflow.db'}", experiment="moved", artifact_root=res / "mlartifacts")
+    run = tracker.start("r")
+    (tmp_path / "a.txt").write_text("hello")
+    tracker.artifact(run, tmp_path / "a.txt")
+    tracker.end(run)
+    assert not Path(tracker.client.get_run(run).info.artifact_uri).is_absolute()
+    assert list((res / "mlartifacts").rglob("a.txt"))
+    shutil.move(str(res), str(tmp_path / "elsewhere"))
+    new = tmp_path / "elsewhere"
+    monkeypatch.chdir(new)  # what `bench ui` does: serve from the results folder
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{new / 'mlflow.db'}")
+    got = client.download_artifacts(run, "a.txt", str(tmp_path))
+    assert Path(got).read_text() == "hello"
