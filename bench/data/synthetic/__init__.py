@@ -11,8 +11,12 @@ defines ``write(root: Path, *, seed: int, scale: float) -> dict[str, int]``: it 
 `root` (an empty temporary folder) and returns counts. Adding a site is one module.
 
 Guarantees:
-* deterministic: the same (seed, scale) gives byte-identical files; a site's files
-  depend only on (seed, scale, site name), not on which other sites are generated;
+* deterministic: the same (seed, scale, signal) gives byte-identical files; a site's
+  files depend only on (seed, scale, signal, site name), not on which other sites are
+  generated;
+* controllable difficulty: `signal` scales how strongly every label shows in the
+  image (chest findings via `anatomy.finding_signal`, OCT class signatures in
+  `oct.render_oct`): 0 = labels carry no image signal, 1 = the default, > 1 easier;
 * atomic and idempotent: each site is written into `out/.<site>.tmp-<pid>`, the
   completion marker `MARKER` (seed, scale, counts) is written last, and the folder is
   renamed to `out/<site>`. A later call finds the marker and skips the site; a folder
@@ -65,16 +69,26 @@ def read_marker(site_root: Path) -> dict | None:
     return json.loads(path.read_text())
 
 
+def _same_generation(marker: dict, seed: int, scale: float, signal: float) -> bool:
+    """Markers written before `signal` existed carry none: they were generated at signal 1."""
+    return marker.get("seed") == seed and marker.get("scale") == scale and marker.get("signal", 1.0) == signal
+
+
 def generate(
     out: Path,
     *,
     seed: int = 0,
     sites: Sequence[str] = DEFAULT_SITES,
     scale: float = 1.0,
+    signal: float = 1.0,
 ) -> dict[str, Path]:
     """Write each site under `out/<site>` (skipping complete ones); returns site -> root."""
+    from bench.data.synthetic.anatomy import finding_signal
+
     if scale <= 0:
         raise ValueError(f"scale must be positive, got {scale}")
+    if not signal >= 0:
+        raise ValueError(f"signal must be >= 0, got {signal}")
     writers = {site: _writer(site) for site in sites}  # fail before writing anything
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -85,10 +99,11 @@ def generate(
             marker = read_marker(final)
             if marker is None:
                 raise DataError(f"{final} exists but has no {MARKER}: not a complete synthetic site; remove it")
-            if marker.get("seed") != seed or marker.get("scale") != scale:
+            if not _same_generation(marker, seed, scale, signal):
                 raise DataError(
-                    f"{final} was generated with seed={marker.get('seed')} scale={marker.get('scale')}, "
-                    f"not seed={seed} scale={scale}; remove it or use another output folder"
+                    f"{final} was generated with seed={marker.get('seed')} scale={marker.get('scale')} "
+                    f"signal={marker.get('signal', 1.0)}, not seed={seed} scale={scale} signal={signal}; "
+                    "remove it or use another output folder"
                 )
             log.info("synthetic %s: complete in %s, skipped", site, final)
             roots[site] = final
@@ -98,8 +113,11 @@ def generate(
             shutil.rmtree(tmp)
         tmp.mkdir()
         t0 = time.perf_counter()
-        counts = write(tmp, seed=seed, scale=scale)
+        with finding_signal(signal):
+            counts = write(tmp, seed=seed, scale=scale)
         marker = {"site": site, "seed": seed, "scale": scale, "counts": counts}
+        if signal != 1.0:  # default-signal markers stay as they were, so existing folders remain valid
+            marker["signal"] = signal
         (tmp / MARKER).write_text(json.dumps(marker, sort_keys=True) + "\n")  # last: marks completion
         try:
             os.replace(tmp, final)
@@ -108,7 +126,7 @@ def generate(
             # its copy if it is the same generation, else report the conflict.
             marker = read_marker(final)
             shutil.rmtree(tmp)
-            if marker is None or marker.get("seed") != seed or marker.get("scale") != scale:
+            if marker is None or not _same_generation(marker, seed, scale, signal):
                 raise DataError(f"{final} appeared while generating it and is not seed={seed} scale={scale}") from None
         log.info("synthetic %s: wrote %s in %.1fs to %s", site, counts, time.perf_counter() - t0, final)
         roots[site] = final

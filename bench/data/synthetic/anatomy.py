@@ -14,6 +14,14 @@ Severity varies: opacities are drawn with a random strength (e.g. an effusion
 moves the basal lung 50-95 % of the way to fluid density), so some positives are
 subtle and a classifier does not saturate.
 
+Difficulty is controllable: `signal` (a `SiteStyle` field, times the `finding_signal`
+context that `bench.data.synthetic.generate(..., signal=...)` sets) scales every
+finding's trace. Each paint's change to the density map and each reshape's change
+to the anatomy is multiplied by it: 0 renders positives exactly like negatives (the
+labels then carry no image signal), 1 is the severities above, 2 doubles every
+opacity and every geometric change (clipped to physical ranges). Lateral views keep
+their coarse findings at full strength.
+
 Rendering is two-phase so that a finding's opacity is painted on the final anatomy:
 
 1. `sample_anatomy(rng)` draws a patient (`Anatomy`), then each positive finding's
@@ -39,10 +47,12 @@ Stable API (other writers build on it): `render`, `render_scene`, `sample_anatom
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from statistics import NormalDist
-from typing import Callable, Mapping
+from typing import Callable, Iterator, Mapping
 
 import numpy as np
 from scipy import ndimage
@@ -615,6 +625,7 @@ class SiteStyle:
     images_per_patient: tuple[int, int] = (1, 4)
     ap_fraction: float = 0.4
     zoom: float = 1.0
+    signal: float = 1.0  # strength of every finding's trace (see the module doc); 0 = invisible
 
     def image_size(self, rng: np.random.Generator) -> tuple[int, int]:
         """Draw one image's (height, width) in pixels."""
@@ -650,6 +661,50 @@ def apply_style(density: np.ndarray, style: SiteStyle, rng: np.random.Generator)
     return np.clip(img, 0.0, 1.0)
 
 
+_SIGNAL: contextvars.ContextVar[float] = contextvars.ContextVar("finding_signal", default=1.0)
+
+
+@contextlib.contextmanager
+def finding_signal(value: float) -> Iterator[None]:
+    """Scale the trace of every finding rendered inside the block (multiplies `SiteStyle.signal`).
+
+    This is how `generate(..., signal=...)` reaches every site writer without each
+    writer threading a parameter through its own styles.
+    """
+    if not (value >= 0 and math.isfinite(value)):
+        raise ValueError(f"signal must be a finite number >= 0, got {value}")
+    token = _SIGNAL.set(float(value))
+    try:
+        yield
+    finally:
+        _SIGNAL.reset(token)
+
+
+def effective_signal(style: SiteStyle) -> float:
+    """The finding strength a render with `style` uses now (style times context)."""
+    return style.signal * _SIGNAL.get()
+
+
+# Physical limits of anatomy fields that a scaled reshape could push too far.
+_ANATOMY_LIMITS: dict[str, tuple[float, float]] = {
+    "collapse_r": (0.0, 0.6),
+    "collapse_l": (0.0, 0.6),
+    "hyperinflation": (0.0, 1.5),
+    "ctr": (0.3, 0.8),
+    "mediast_widen": (0.0, 0.12),
+}
+
+
+def _scaled_reshape(anat: Anatomy, before: Anatomy, strength: float) -> None:
+    """Move every changed anatomy field to `before + strength * (after - before)`, in place."""
+    for f in fields(Anatomy):
+        a, b = getattr(anat, f.name), getattr(before, f.name)
+        if a != b:
+            v = b + strength * (a - b)
+            lo, hi = _ANATOMY_LIMITS.get(f.name, (-math.inf, math.inf))
+            setattr(anat, f.name, min(max(v, lo), hi))
+
+
 def _check_labels(labels: Mapping[str, bool]) -> None:
     unknown = sorted(set(labels) - set(RENDERABLE))
     if unknown:
@@ -678,13 +733,20 @@ def render_scene(
     if view == "LL":
         density = _lateral_density(anat, positive, height, width, base_rng, finding_rngs)
         return apply_style(density, style, noise_rng), anat
+    strength = effective_signal(style)
     for n in positive:
         if n in RESHAPES:
+            before = replace(anat)
             RESHAPES[n](anat, finding_rngs[n])
+            if strength != 1.0:
+                _scaled_reshape(anat, before, strength)
     canvas = Canvas(anat, height, width, view, base_rng, zoom=style.zoom)
     for n in positive:
         if n in PAINTS:  # some findings are pure geometry (cardiomegaly)
+            before_d = canvas.density.copy() if strength != 1.0 else None
             PAINTS[n](canvas, finding_rngs[n])
+            if before_d is not None:
+                canvas.density = before_d + strength * (canvas.density - before_d)
     return apply_style(canvas.density, style, noise_rng), anat
 
 

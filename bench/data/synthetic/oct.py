@@ -12,6 +12,11 @@ multiplicative speckle. Class signatures: CNV = RPE elevation with sub-retinal f
 and a hyperreflective lesion; DME = thickened retina with dark intraretinal cysts and a
 flattened pit; DRUSEN = several small dome-shaped RPE elevations; NORMAL = none.
 Output: float (H, W) in [0, 1].
+
+`signal` (argument, default: the `anatomy.finding_signal` context) scales every class
+signature: elevations, thickening and lesion sizes are multiplied by it and lesion
+intensities are mixed in with weight min(1, signal); at 0 no class leaves any
+signature (each still makes its own random draws), so the labels are invisible.
 """
 
 from __future__ import annotations
@@ -45,10 +50,19 @@ def _bump(x: np.ndarray, centre: float, width: float) -> np.ndarray:
     return np.exp(-(((x - centre) / width) ** 2))
 
 
-def render_oct(cls: str, rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+def _toward(img: np.ndarray, value: np.ndarray | float, mix: float) -> np.ndarray | float:
+    """`img` moved toward a lesion's intensity by `mix` (exactly the value at full strength)."""
+    return value if mix == 1.0 else img + mix * (value - img)
+
+
+def render_oct(cls: str, rng: np.random.Generator, height: int, width: int, signal: float | None = None) -> np.ndarray:
     """One B-scan of class `cls` (see module doc), shape (height, width), values in [0, 1]."""
+    from bench.data.synthetic.anatomy import _SIGNAL
+
     if cls not in CLASSES:
         raise ValueError(f"unknown OCT class {cls!r}; known: {CLASSES}")
+    s = _SIGNAL.get() if signal is None else float(signal)
+    mix = min(1.0, s)  # weight of lesion intensities
     x = np.linspace(-1.0, 1.0, width)
     y = (np.arange(height)[:, None] + 0.5) / height
     fovea = rng.uniform(-0.25, 0.25)
@@ -57,14 +71,14 @@ def render_oct(cls: str, rng: np.random.Generator, height: int, width: int) -> n
     thickness = rng.uniform(0.26, 0.32) * np.ones_like(x)
     rpe_lift = np.zeros_like(x)
     if cls == "DME":
-        pit *= 0.3
-        thickness = thickness + rng.uniform(0.06, 0.12) * _bump(x, fovea, 0.4)
+        pit *= 0.3 if s == 1.0 else max(0.0, 1.0 - 0.7 * s)
+        thickness = thickness + s * rng.uniform(0.06, 0.12) * _bump(x, fovea, 0.4)
     if cls == "CNV":
         c = fovea + rng.uniform(-0.15, 0.15)
-        rpe_lift = rng.uniform(0.08, 0.14) * _bump(x, c, rng.uniform(0.12, 0.22))
+        rpe_lift = s * rng.uniform(0.08, 0.14) * _bump(x, c, rng.uniform(0.12, 0.22))
     if cls == "DRUSEN":
         for _ in range(int(rng.integers(4, 8))):
-            rpe_lift += rng.uniform(0.03, 0.06) * _bump(x, rng.uniform(-0.8, 0.8), rng.uniform(0.05, 0.09))
+            rpe_lift += s * rng.uniform(0.03, 0.06) * _bump(x, rng.uniform(-0.8, 0.8), rng.uniform(0.05, 0.09))
     top = surface + pit - rpe_lift * 0.6  # an elevated RPE pushes the retina up a bit
     rpe = surface + thickness - rpe_lift
     depth = (y - top[None, :]) / (rpe - top)[None, :]
@@ -72,20 +86,22 @@ def render_oct(cls: str, rng: np.random.Generator, height: int, width: int) -> n
     if cls == "CNV":  # sub-retinal fluid (dark) above a hyperreflective lesion over the lifted RPE
         lifted = rpe_lift[None, :] > 0.02
         fluid = lifted & (depth > 0.80) & (depth < 0.95)
-        img = np.where(fluid, 0.06, img)
+        img = np.where(fluid, _toward(img, 0.06, mix), img)
         lesion = lifted & (depth >= 0.95) & (depth < 1.15)
-        img = np.where(lesion, np.maximum(img, 0.85), img)
+        img = np.where(lesion, _toward(img, np.maximum(img, 0.85), mix), img)
     if cls == "DRUSEN":  # moderately reflective deposit under each elevation
         under = (rpe_lift[None, :] > 0.005) & (y > rpe[None, :]) & (y < (rpe + rpe_lift)[None, :])
-        img = np.where(under, 0.6, img)
+        img = np.where(under, _toward(img, 0.6, mix), img)
     if cls == "DME":  # intraretinal cysts in the nuclear layers near the fovea
         xx = np.broadcast_to(x[None, :], img.shape)
         for _ in range(int(rng.integers(3, 7))):
             cx = fovea + rng.uniform(-0.35, 0.35)
             cd = rng.uniform(0.3, 0.7)
-            r = rng.uniform(0.05, 0.1)
+            r = rng.uniform(0.05, 0.1) * s**0.5
+            if r <= 0:  # signal 0: no cysts
+                continue
             cyst = ((xx - cx) / (r * 1.6)) ** 2 + ((depth - cd) / r) ** 2 < 1.0
-            img = np.where(cyst, 0.05, img)
+            img = np.where(cyst, _toward(img, 0.05, mix), img)
     speckle = rng.gamma(4.0, 0.25, img.shape)
     img = ndimage.gaussian_filter(img * speckle, 0.6) + rng.normal(0.0, 0.02, img.shape)
     return np.clip(img, 0.0, 1.0)

@@ -126,3 +126,19 @@ def test_every_generated_site_is_read_by_its_adapter_and_the_pixel_reader(tmp_pa
             img = read_image(rec["path"])
             assert img.ndim == 2 and img.shape == (rec["height"], rec["width"]), site
             assert 0.0 <= float(img.min()) and float(img.max()) <= 1.0 and float(img.max()) > 0.3, site
+
+
+def test_signal_is_part_of_the_generation(seed0: Path, tmp_path: Path) -> None:
+    """A folder generated at the default signal keeps a signal-free marker (older folders stay
+    valid); another signal gives other pixels, is recorded, and is never mixed with the default."""
+    assert "signal" not in read_marker(seed0 / "nih")
+    assert generate(seed0, seed=0, sites=SITES, scale=SCALE, signal=1.0)  # the default: skipped, fine
+    with pytest.raises(DataError, match="signal=1.0, not .*signal=2.0"):
+        generate(seed0, seed=0, sites=["nih"], scale=SCALE, signal=2.0)
+    roots = generate(tmp_path, seed=0, sites=["nih"], scale=SCALE, signal=2.0)
+    assert read_marker(roots["nih"])["signal"] == 2.0
+    a, b = tree(seed0 / "nih"), tree(roots["nih"])
+    assert a.keys() == b.keys() - {MARKER} | {MARKER}
+    assert any(a[k] != b[k] for k in a if k.endswith(".png"))
+    with pytest.raises(ValueError, match="signal"):
+        generate(tmp_path / "x", seed=0, sites=["nih"], scale=SCALE, signal=-1.0)
