@@ -162,6 +162,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     store = store_of(args.results.resolve())
     done = store.done_keys(list(plan.stages))
     print(describe(plan, done))
+    from bench.summary import summary_table
+
+    print("\n" + summary_table(plan, {k: "done" if k in done else store.status(k).get("state", "pending") for k in plan.stages}))
     if args.executor == "slurm":
         from bench.execute.plan_report import describe_cluster_plan
 
@@ -185,6 +188,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     store = store_of(results)
     rows = stage_states(plan, store, results)
     print(format_status(plan, rows, tail=args.tail))
+    from bench.summary import summary_table
+
+    print("\n" + summary_table(plan, {r.key: r.state for r in rows}, {r.key: r.seconds or 0.0 for r in rows}))
     uri = default_tracking_uri(results)
     if any((store.root / s).joinpath("mlflow_events.jsonl").exists() for s in plan.stages):
         counts = sync_tracking(results, uri)

@@ -59,6 +59,10 @@ def test_plan_only_and_kind(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["plan", str(ROOT / "matrix" / "demo.yaml"), "--only", "3.1", "--kind", "pretrain,finetune"]) == 0
     out = capsys.readouterr().out
     assert "stages: 3 (1 pretrain, 2 finetune, 0 evaluate)" in out
+    # the per-experiment summary table closes the plan
+    row = next(ln for ln in out.splitlines() if ln.startswith("3.1 "))
+    assert row.split()[:5] == ["3.1", "3", "0", "3", "0"]
+    assert "all (unique)" in out
     assert main(["plan", str(ROOT / "matrix" / "demo.yaml"), "--only", "nope"]) == 2
     assert main(["plan", str(ROOT / "matrix" / "demo.yaml"), "--kind", "train"]) == 2
 
