@@ -292,9 +292,10 @@ def test_planning_640k_images_under_two_seconds() -> None:
     w = np.clip((h * rng.lognormal(0, 0.2, n)).astype(np.int64), 200, 3072)
     gh, gw = grid_size(h, w, patch=16, max_side=1024)
     bins = build_bins(gh, gw, sizer=BatchSizer(batch_size=64), min_batches=4)
-    t0 = time.perf_counter()
+    # CPU time, not wall time: the test machine is shared, other processes' load is not planning cost
+    t0 = time.process_time()
     plan = plan_epoch(bins, seed=0, epoch=1)
-    elapsed = time.perf_counter() - t0
+    elapsed = time.process_time() - t0
     assert elapsed < 2.0
     assert sum(len(x) for x in plan.steps) == n
 
@@ -501,8 +502,8 @@ def test_mixed_planning_640k_images_under_one_second() -> None:
     by_size = size_order(gh, gw)
     times = []
     for epoch in range(3):
-        t0 = time.perf_counter()
+        t0 = time.process_time()  # CPU time: the test machine is shared
         plan = plan_mixed_epoch(gh, gw, seed=0, epoch=epoch, batch_size=64, by_size=by_size)
-        times.append(time.perf_counter() - t0)
-    assert min(times) < 1.0  # best of 3: the machine is shared
+        times.append(time.process_time() - t0)
+    assert min(times) < 1.0
     assert plan.order.size == n
