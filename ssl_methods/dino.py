@@ -26,8 +26,9 @@ Local crops get positions by DINO's own interpolation (bicubic, scale_factor wit
 Deviations: photometric augmentation is brightness/contrast only (saturation, hue and
 greyscale are the identity on grey images), applied on [0, 1] pixels; for
 encoders narrower than 384-d (the CPU demo) the head defaults shrink (hidden 512,
-bottleneck 128, out_dim 4096). Multi-GPU centering (all_reduce) is not needed on one
-device.
+bottleneck 128, out_dim 4096). Under data parallelism the centre update averages the
+teacher outputs of the global batch (an all_reduce, as the reference's `update_center`);
+with one process it is the plain batch mean.
 """
 
 from __future__ import annotations
@@ -203,6 +204,12 @@ class DINO(SSLMethod):
         return int(progress * self.run_epochs + 1e-6)
 
     @property
+    def ddp_find_unused_parameters(self) -> bool:
+        """DistributedDataParallel must expect parameters without gradient (the frozen last
+        layer) in some steps; read by `bench.distributed.wrap`."""
+        return self.cfg.freeze_last_layer_epochs > 0
+
+    @property
     def last_layer_frozen(self) -> bool:
         """True during the first `freeze_last_layer_epochs` epochs (`cancel_gradients_last_layer`)."""
         return self.epoch_at(float(self.progress)) < self.cfg.freeze_last_layer_epochs
@@ -279,7 +286,12 @@ class DINO(SSLMethod):
         loss = dino_loss(student, teacher, center, len(crops), c.student_temp, tau_t)
         if self.training:
             with torch.no_grad():
-                batch_center = teacher.mean(dim=0, keepdim=True)
+                batch_center = teacher.sum(dim=0, keepdim=True)
+                n = teacher.shape[0]
+                if torch.distributed.is_available() and torch.distributed.is_initialized():
+                    torch.distributed.all_reduce(batch_center)  # every rank: the global batch's mean
+                    n *= torch.distributed.get_world_size()
+                batch_center = batch_center / n
                 self.center.mul_(c.center_momentum).add_(batch_center, alpha=1 - c.center_momentum)
         with torch.no_grad():  # collapse monitors: H(teacher targets) and KL = loss - H
             q = F.softmax((teacher - center) / tau_t, dim=-1)

@@ -147,6 +147,72 @@ def augment_batch(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return out
 
 
+def shard_rows(rows: np.ndarray, rank: int, world_size: int) -> np.ndarray:
+    """Rank `rank`'s contiguous, equal-size share of one global batch's rows.
+
+    Why equal: every rank must hold tensors of the same shape at every step (gradient
+    all-reduce, all-gathers). A global batch that does not split evenly (a short last
+    batch, a DBB remainder step) is completed by repeating its own first rows, as torch's
+    `DistributedSampler` pads an epoch; full batches of `world_size * b` rows are never
+    padded, so rank r holds rows [r*b, (r+1)*b) exactly.
+    """
+    rows = np.asarray(rows)
+    if world_size == 1:
+        return rows
+    per = -(-len(rows) // world_size)
+    if len(rows) < per * world_size:
+        rows = np.resize(rows, per * world_size)
+    return rows[rank * per : (rank + 1) * per]
+
+
+def check_world(batch_size: int, rank: int, world_size: int) -> int:
+    """The per-rank batch of a global `batch_size` split over `world_size` ranks."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+    if batch_size % world_size:
+        raise ValueError(
+            f"batch_size {batch_size} is the global batch and must be divisible by the world size {world_size} "
+            f"(each rank processes batch_size / world_size images per step)"
+        )
+    return batch_size // world_size
+
+
+def fill_unreadable(rows: np.ndarray, loaded: list[Any], global_rows: np.ndarray, load: Any) -> tuple[np.ndarray, list[Any]]:
+    """Keep a rank's batch at full size when some of its images are unreadable (policy skip).
+
+    Under data parallelism a rank cannot simply drop images (shapes must agree across
+    ranks) or skip a step (the others would wait for it). Each unreadable image is
+    replaced by the next readable one of the *global* batch, cyclically, which every
+    rank can read and which gives the same result on every rank. Returns (rows, items)
+    with unreadable entries replaced; empty when the whole global batch is unreadable,
+    which every rank then sees alike and skips together.
+    """
+    if all(t is not None for t in loaded):
+        return rows, loaded
+    cache: dict[int, Any] = {}
+
+    def get(i: int) -> Any:
+        if i not in cache:
+            cache[i] = load(i)
+        return cache[i]
+
+    g = [int(v) for v in global_rows]
+    out_rows, out = [], []
+    for r, t in zip(rows, loaded):
+        if t is None:
+            start = g.index(int(r)) if int(r) in g else 0
+            for k in range(1, len(g) + 1):
+                cand = g[(start + k) % len(g)]
+                if get(cand) is not None:
+                    r, t = cand, get(cand)
+                    break
+            else:
+                return np.zeros(0, dtype=np.int64), []
+        out_rows.append(int(r))
+        out.append(t)
+    return np.asarray(out_rows, dtype=np.int64), out
+
+
 @dataclass
 class BadImages:
     """Images that failed to decode under policy `skip`: reported, never silently lost."""
@@ -166,6 +232,10 @@ class ImageBatches:
     Decoded images are cached in memory (as float16 at model size) after first use
     when the set is small (`cache_limit` images), which is the common CPU/demo case;
     large sets go through `bench data prepare` caches instead.
+
+    Data parallel: `batch_size` is the global batch; with `world_size` > 1 every rank
+    computes the same global batches and takes its equal share (`shard_rows`), so all
+    ranks run `len(self)` steps with `batch_size / world_size` images each.
     """
 
     def __init__(
@@ -182,8 +252,13 @@ class ImageBatches:
         cache_limit: int = 20000,
         read_options: dict[str, Any] | None = None,
         cache: Any = None,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         from bench.data.io import read_image  # pixel decoding lives in the data layer
+
+        self.local_batch = check_world(batch_size, rank, world_size)
+        self.rank, self.world_size = rank, world_size
 
         opts = dict(read_options or {})
         self._read = lambda path: read_image(path, **opts)
@@ -239,14 +314,18 @@ class ImageBatches:
             self._cache[i] = t
         return t.float()
 
-    def batch(self, rows: np.ndarray) -> tuple[np.ndarray, torch.Tensor, torch.Tensor | None]:
-        kept, xs = [], []
-        for i in rows:
-            t = self._load(int(i))
-            if t is not None:
-                kept.append(int(i))
-                xs.append(t)
-        rows_kept = np.asarray(kept, dtype=np.int64)
+    def batch(self, rows: np.ndarray, global_rows: np.ndarray | None = None) -> tuple[np.ndarray, torch.Tensor, torch.Tensor | None]:
+        """Load `rows`; unreadable images are dropped, or (data parallel, `global_rows` given) replaced."""
+        if global_rows is not None and self.world_size > 1:
+            rows_kept, xs = fill_unreadable(rows, [self._load(int(i)) for i in rows], global_rows, self._load)
+        else:
+            kept, xs = [], []
+            for i in rows:
+                t = self._load(int(i))
+                if t is not None:
+                    kept.append(int(i))
+                    xs.append(t)
+            rows_kept = np.asarray(kept, dtype=np.int64)
         if not xs:
             return rows_kept, torch.empty(0, self.in_chans, self.size, self.size), None
         x = torch.stack(xs)
@@ -257,7 +336,7 @@ class ImageBatches:
         order = self.order(epoch)
         for step in range(start_step, len(self)):
             rows = order[step * self.batch_size : (step + 1) * self.batch_size]
-            kept, x, y = self.batch(rows)
+            kept, x, y = self.batch(shard_rows(rows, self.rank, self.world_size), rows)
             if len(kept) == 0:
                 continue
             yield step, kept, x, y
@@ -272,6 +351,13 @@ class BinnedBatches:
     `height`/`width` (header metadata), so planning never decodes pixels; images are
     decoded at native size, capped to `max_side` on the longer side, normalised, and
     padded by `bench.data.dbb.pad_to_grid`.
+
+    Data parallel: `batch_size` and `token_budget` are global (per step, all ranks
+    together); the sampler plans with `world_size` ranks and per-rank sizes
+    `batch_size / world_size` (`token_budget // world_size`), every rank computes the same
+    epoch plan and takes its equal share of each planned step (`shard_rows`), so all ranks
+    run the same steps at the same bin shape. With a fixed `batch_size` the plan is the
+    one a single process makes with the same global batch.
     """
 
     def __init__(
@@ -287,6 +373,8 @@ class BinnedBatches:
         policy: str = "skip",
         read_options: dict[str, Any] | None = None,
         cache: Any = None,
+        rank: int = 0,
+        world_size: int = 1,
         **sampler_options: Any,
     ) -> None:
         from bench.data.dbb import DBBBatchSampler
@@ -315,14 +403,23 @@ class BinnedBatches:
         self.mode = sampler_options.get("mode", "pad")
         if len(self.index) == 0:
             raise DataError("batching: dbb has no readable images to bin")
+        self.rank, self.world_size = rank, world_size
+        per_rank_batch = check_world(batch_size, rank, world_size) if batch_size is not None and token_budget is None else None
+        per_rank_budget = None
+        if token_budget is not None:
+            per_rank_budget = token_budget // world_size
+            if per_rank_budget < 1:
+                raise ValueError(f"token_budget {token_budget} is smaller than the world size {world_size}")
         self.sampler = DBBBatchSampler.from_sizes(
             self.index["height"].to_numpy(int),
             self.index["width"].to_numpy(int),
             patch=patch,
             max_side=max_side,
-            batch_size=batch_size if token_budget is None else None,
-            token_budget=token_budget,
+            batch_size=per_rank_batch,
+            token_budget=per_rank_budget,
             seed=seed,
+            rank=rank,
+            world_size=world_size,
             **sampler_options,
         )
         self.targets = None
@@ -359,13 +456,17 @@ class BinnedBatches:
 
         plan = self.sampler.plan(epoch)
         for step in range(start_step, len(plan)):
-            rows = plan.rank_slice(step, 0)
-            kept, imgs = [], []
-            for i in rows:
-                t = self._load(int(i))
-                if t is not None:
-                    kept.append(int(i))
-                    imgs.append(t)
+            rows = shard_rows(plan.steps[step], self.rank, self.world_size)
+            if self.world_size > 1:
+                kept_rows, imgs = fill_unreadable(rows, [self._load(int(i)) for i in rows], plan.steps[step], self._load)
+                kept = list(kept_rows)
+            else:
+                kept, imgs = [], []
+                for i in rows:
+                    t = self._load(int(i))
+                    if t is not None:
+                        kept.append(int(i))
+                        imgs.append(t)
             if not imgs:
                 continue
             x, valid = pad_to_grid(imgs, tuple(int(v) for v in plan.shape[step]), patch=self.patch, mode=self.mode)

@@ -281,6 +281,7 @@ def run_finetune(stage: "Stage", store: "Store", logger: "StageLogger", env: "St
         desc=f"finetune seed {seed}",
         device=env.device,
         precision=f.get("precision", "auto"),
+        checkpoint_seconds=env.checkpoint_seconds,
         should_stop=(lambda: state["bad_epochs"] >= f["patience"]) if f.get("patience") else None,
     )
     _migrate_state(state)

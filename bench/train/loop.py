@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from bench.tracking import StageLogger
-from bench.train.data import ImageBatches
+from bench.train.data import BinnedBatches, ImageBatches
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -118,15 +118,11 @@ def _atomic_save(obj: Any, path: Path) -> None:
             os.unlink(tmp)
 
 
-class _Preempted(KeyboardInterrupt):
-    """SIGTERM (SLURM preemption, `kill`) handled like Ctrl-C: checkpoint, then stop."""
-
-
 def fit(
     *,
     model: nn.Module,
     groups: list[dict[str, Any]],
-    batches: ImageBatches,
+    batches: ImageBatches | BinnedBatches,
     step_fn: Callable[[torch.Tensor, torch.Tensor | None, torch.Generator], tuple[torch.Tensor, dict[str, float]]],
     cfg: OptimCfg,
     seed: int,
@@ -147,10 +143,35 @@ def fit(
 
     `stop_after_steps` ends the call early after that many optimiser steps in *this*
     call (after checkpointing), which is how tests simulate a kill at an arbitrary step.
+
+    Stop requests (`bench.preempt`: SIGTERM, SIGUSR2, a first Ctrl-C) are polled after
+    every optimiser step: the checkpoint is written at that consistent point and
+    `preempt.Preempted` is raised. An immediate `KeyboardInterrupt` (a second signal)
+    writes nothing, since the model may be half-updated, and the log names the
+    checkpoint that is on disk.
+
+    Data parallel: under an active process group, `model` must be the
+    `bench.distributed.wrap` of the trained module and `step_fn` must call it; `batches`
+    must be this rank's shard (same step count and shapes on every rank). Every rank
+    loads the checkpoint, only rank 0 writes it. One small all-reduce per step agrees on
+    non-finite losses and stop requests across ranks, so all ranks raise at the same
+    step: the stop request is then seen one forward pass later (before that step's
+    backward), and the checkpoint still holds the state after the last completed step.
     """
+    from bench import distributed, preempt
+
     state = state if state is not None else {}
+    core = distributed.unwrap(model)
+    world = distributed.world_size()
+    main = distributed.rank() == 0
+    if world > 1 and core is model and any(p.requires_grad for p in core.parameters()):
+        raise ValueError(
+            "fit: a process group is active but the model is not wrapped for data parallelism; "
+            "pass bench.distributed.wrap(module, device) as `model` and call it in `step_fn`"
+        )
     dev = torch.device(device)
-    model.to(dev)
+    if core is model:
+        model.to(dev)
     amp = autocast_dtype(dev, precision)
     opt = make_optimizer(groups, cfg)
     base_wd = [float(g.get("weight_decay", 0.0)) for g in opt.param_groups]
@@ -158,44 +179,62 @@ def fit(
     total = max(1, cfg.epochs * steps_per_epoch)
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
     epoch, start_step, global_step = 0, 0, 0
-    if checkpoint.exists():
+    sums: dict[str, float] = {}
+    count = 0
+    on_disk: tuple[int, int, int] | None = None  # (epoch, step, global step) of the checkpoint file
+    if distributed.broadcast_object(checkpoint.exists()):
+        if not checkpoint.exists():
+            raise FileNotFoundError(f"rank {distributed.rank()} cannot see the checkpoint rank 0 found: {checkpoint}")
         ck = torch.load(checkpoint, map_location=dev, weights_only=True)
-        model.load_state_dict(ck["model"])
+        core.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         epoch, start_step, global_step = ck["epoch"], ck["step"], ck["global_step"]
         state.update(ck.get("state", {}))
+        if start_step:
+            sums, count = dict(ck.get("epoch_sums", {})), int(ck.get("epoch_count", 0))
+        on_disk = (epoch, start_step, global_step)
         logger.text(f"resumed from checkpoint at epoch {epoch} step {start_step} (global step {global_step})")
 
     def save(ep: int, st: int) -> None:
-        _atomic_save(
-            {
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "epoch": ep,
-                "step": st,
-                "global_step": global_step,
-                "state": state,
-            },
-            checkpoint,
-        )
+        """Rank 0 writes atomically; `epoch_sums` keep a resumed epoch's logged means whole."""
+        nonlocal on_disk
+        if main:
+            _atomic_save(
+                {
+                    "model": core.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "epoch": ep,
+                    "step": st,
+                    "global_step": global_step,
+                    "state": state,
+                    "epoch_sums": sums if st else {},
+                    "epoch_count": count if st else 0,
+                },
+                checkpoint,
+            )
+        on_disk = (ep, st, global_step)
 
-    old_handler = None
-    try:
-        old_handler = signal.signal(signal.SIGTERM, _raise_preempted)
-    except ValueError:  # not in the main thread
-        old_handler = None
+    def stop(ep: int, st: int, signum: int | None) -> preempt.Preempted:
+        """Checkpoint at (ep, st), make sure it is complete before any rank leaves, and say so."""
+        save(ep, st)
+        distributed.barrier()
+        name = signal.Signals(signum).name if signum else "a stop request"
+        logger.text(
+            f"stopped on {name} at epoch {ep} step {st} (global step {global_step}); "
+            f"checkpoint written to {checkpoint}; the next attempt resumes from it"
+        )
+        return preempt.Preempted(signum)
+
     last_ckpt = time.time()
     steps_this_call = 0
     bar = None
-    if progress:
+    if progress and main:
         from tqdm import tqdm
 
         bar = tqdm(total=total, initial=global_step, desc=desc, leave=False, dynamic_ncols=True)
     try:
         while epoch < cfg.epochs:
             model.train()
-            sums: dict[str, float] = {}
-            count = 0
             for step, _, x, y in batches.epoch_batches(epoch, start_step):
                 s = step_seed(seed, epoch, step)
                 torch.manual_seed(s)
@@ -210,11 +249,18 @@ def fit(
                 with torch.autocast(dev.type, dtype=amp or torch.float32, enabled=amp is not None):
                     loss, logs = step_fn(x, y, gen)
                 loss = loss.float()
-                if not torch.isfinite(loss):
+                finite = bool(torch.isfinite(loss))
+                nonfinite, signum = (not finite), None
+                if world > 1:
+                    nonfinite, signum = distributed.agree_step(not finite, preempt.signal_number())
+                if nonfinite:
+                    where = f"{loss.item()}" if not finite else f"non-finite on another rank (here {loss.item():.4g})"
                     raise NonFiniteLoss(
-                        f"loss became {loss.item()} at epoch {epoch} step {step} (global step {global_step}); "
+                        f"loss became {where} at epoch {epoch} step {step} (global step {global_step}); "
                         "lower the learning rate or check the input data"
                     )
+                if signum is not None:  # agreed before this step's backward: the model is as after the previous step
+                    raise stop(epoch, step, signum)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.clip_grad:
@@ -230,33 +276,45 @@ def fit(
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(epoch=epoch, loss=f"{float(loss):.4f}")
+                if world == 1 and preempt.requested():
+                    raise stop(epoch, step + 1, preempt.signal_number())
                 if time.time() - last_ckpt > checkpoint_seconds:
                     save(epoch, step + 1)
                     last_ckpt = time.time()
                 if stop_after_steps is not None and steps_this_call >= stop_after_steps:
                     save(epoch, step + 1)
+                    distributed.barrier()
                     return state
-            metrics = {f"train_{k}": v / max(1, count) for k, v in sums.items()}
+            metrics = distributed.mean_over_ranks({f"train_{k}": v / max(1, count) for k, v in sums.items()})
             metrics["lr"] = lr_at(max(0, global_step - 1), total, warmup, cfg.lr, cfg.min_lr)
             if epoch_end is not None:
                 metrics.update(epoch_end(epoch))
             logger.metrics(metrics, step=epoch)
             epoch, start_step = epoch + 1, 0
-            if should_stop is not None and should_stop():
+            sums, count = {}, 0
+            # rank 0 decides, so that every rank ends (and runs the same number of steps) together
+            if should_stop is not None and distributed.broadcast_object(should_stop()):
                 logger.text(f"early stop after epoch {epoch - 1}")
                 epoch = cfg.epochs  # a resumed run must not train further either
             save(epoch, 0)
             last_ckpt = time.time()
+            if epoch < cfg.epochs and world > 1:
+                _, signum = distributed.agree_step(False, preempt.signal_number())
+                if signum is not None:
+                    raise stop(epoch, 0, signum)
+    except preempt.Preempted:
+        raise
     except KeyboardInterrupt:
-        logger.text(f"interrupted at epoch {epoch}; checkpoint kept at {checkpoint}")
+        if on_disk is None:
+            kept = "no checkpoint is on disk, so the next attempt starts from the beginning"
+        else:
+            kept = f"the checkpoint on disk ({checkpoint}) is from epoch {on_disk[0]} step {on_disk[1]} (global step {on_disk[2]})"
+        logger.text(
+            f"interrupted at epoch {epoch} (global step {global_step}) without a graceful stop: the model may be "
+            f"half-updated, so nothing was saved; {kept}"
+        )
         raise
     finally:
         if bar is not None:
             bar.close()
-        if old_handler is not None:
-            signal.signal(signal.SIGTERM, old_handler)
     return state
-
-
-def _raise_preempted(signum: int, frame: Any) -> None:
-    raise _Preempted(f"received signal {signum}")

@@ -3,6 +3,15 @@
 Output `encoder.pt` is a plain state dict in the backbone's own key names (no head),
 which the fine-tune stage loads through `backbones.create(..., init=<path>)` with no
 missing backbone keys.
+
+Data parallel (`env.world_size` > 1, one process per rank): the matrix's `batch_size`
+is the global batch, split evenly over the ranks; `lr` is the learning rate for that global batch (the
+matrix's value, or the method recipe's linear scaling rule applied to the global batch)
+and is used as is: the study fixes the global batch, so nothing depends on the number of
+GPUs. The method runs inside
+DistributedDataParallel; per-sample randomness is drawn for the global batch
+(`ssl_methods.shard`), so the run matches a single-process one up to float rounding.
+Rank 0 writes the checkpoints and `encoder.pt`; every rank returns the same outputs.
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from bench import distributed
 from bench.data.labels import label_set
 from bench.train.data import BinnedBatches, ImageBatches, load_index, open_cache, seeded_subset, site_read_options, source_kwargs
 from bench.train.loop import OptimCfg, default_param_groups, fit
@@ -61,6 +71,7 @@ def masked_bce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def run_pretrain(stage: "Stage", store: "Store", logger: "StageLogger", env: "StageEnv") -> tuple[list[str], dict[str, Any]]:
     import ssl_methods
+    from ssl_methods import shard
 
     cfg = stage.config
     p = cfg["pretrain"]
@@ -84,7 +95,7 @@ def run_pretrain(stage: "Stage", store: "Store", logger: "StageLogger", env: "St
 
         def step_fn(x: torch.Tensor, y: torch.Tensor | None, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
             assert y is not None
-            return method(x, y)
+            return engine(x, y)
 
     else:
         method = ssl_methods.create(
@@ -99,8 +110,12 @@ def run_pretrain(stage: "Stage", store: "Store", logger: "StageLogger", env: "St
         groups = method.param_groups(p["weight_decay"])
 
         def step_fn(x: torch.Tensor, y: torch.Tensor | None, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
-            # with DBB the batch's second element is the (B, L) valid-token mask of the padded batch
-            return method(x, valid=y) if dbb else method(x)
+            # this rank holds rows [rank * b, (rank + 1) * b) of the global batch: per-sample
+            # draws (masks, crops) are made for the global batch and sliced, whatever the world size
+            b = x.shape[0]
+            with shard.sample_rows(env.rank * b, b, b * env.world_size):
+                # with DBB the batch's second element is the (B, L) valid-token mask of the padded batch
+                return engine(x, valid=y) if dbb else engine(x)
 
     if dbb:
         b = p["batching"]
@@ -118,6 +133,8 @@ def run_pretrain(stage: "Stage", store: "Store", logger: "StageLogger", env: "St
             policy=env.image_policy,
             read_options=site_read_options(site),
             cache=open_cache(env.cache_root, site, p["site_options"], 0),
+            rank=env.rank,
+            world_size=env.world_size,
             **b["options"],
         )
         logger.text(f"DBB: {len(batches)} steps per epoch, {batches.sampler.bins.n_bins} bins, max side {b['max_side']} px")
@@ -131,8 +148,29 @@ def run_pretrain(stage: "Stage", store: "Store", logger: "StageLogger", env: "St
             seed=seed,
             policy=env.image_policy,
             drop_last=True,
+            rank=env.rank,
+            world_size=env.world_size,
             **source_kwargs(site, p["site_options"], cfg["image_size"], env.cache_root),
         )
+    scaling = {
+        "world_size": env.world_size,
+        "global_batch": p["batch_size"],
+        "per_rank_batch": p["batch_size"] // env.world_size,
+        "lr": p["lr"],
+        "lr_rule": "global batch: lr is set for the global batch (the matrix's value, or the method recipe's "
+        "base lr x global batch / recipe batch when unset) and is not rescaled by the number of ranks",
+    }
+    if dbb and p["batching"]["token_budget"] is not None:
+        scaling["global_batch"] = f"variable (token budget {p['batching']['token_budget']} per step over all ranks)"
+        scaling["per_rank_batch"] = f"variable (token budget {p['batching']['token_budget'] // env.world_size} per rank)"
+    logger.text(
+        f"data parallel: {env.world_size} rank(s), global batch {scaling['global_batch']}, "
+        f"per-rank batch {scaling['per_rank_batch']}; learning rate {p['lr']} for the global batch "
+        "(not rescaled by the number of ranks)"
+    )
+    device = env.resolved_device()
+    method.to(device)
+    engine = distributed.wrap(method, device)  # DDP when world_size > 1; the forward must go through it
 
     after = getattr(method, "after_step", None)
     optim = OptimCfg(
@@ -147,7 +185,7 @@ def run_pretrain(stage: "Stage", store: "Store", logger: "StageLogger", env: "St
         betas=tuple(p.get("betas", (0.9, 0.999))),  # the method's reference recipe unless the matrix sets it
     )
     state = fit(
-        model=method,
+        model=engine,
         groups=groups,
         batches=batches,
         step_fn=step_fn,
@@ -159,8 +197,9 @@ def run_pretrain(stage: "Stage", store: "Store", logger: "StageLogger", env: "St
         progress=env.progress,
         desc=f"pretrain {p['method']}",
         state={},
-        device=env.device,
+        device=device,
         precision=p.get("precision", "auto"),
+        checkpoint_seconds=env.checkpoint_seconds,
     )
     if len(batches.bad):
         logger.text(f"skipped {len(batches.bad)} unreadable images: {sorted(batches.bad.paths)}")
@@ -172,7 +211,13 @@ def run_pretrain(stage: "Stage", store: "Store", logger: "StageLogger", env: "St
         if env.is_main:
             with store.write_output(stage.key, "sizes.parquet") as tmp:
                 batches.index[["image_id", "height", "width"]].to_parquet(tmp, index=False)
-    with store.write_output(stage.key, "encoder.pt") as tmp:
-        torch.save({k: v.detach().cpu() for k, v in method.encoder_state_dict().items()}, tmp)
-    summary = {"images": len(index), "bad_images": len(batches.bad), **{k: v for k, v in state.items() if isinstance(v, float)}}
+    if env.is_main:  # the other ranks hold the same weights (DDP keeps them in step)
+        with store.write_output(stage.key, "encoder.pt") as tmp:
+            torch.save({k: v.detach().cpu() for k, v in method.encoder_state_dict().items()}, tmp)
+    summary = {
+        "images": len(index),
+        "bad_images": len(batches.bad),
+        **scaling,
+        **{k: v for k, v in state.items() if isinstance(v, float)},
+    }
     return outputs, summary

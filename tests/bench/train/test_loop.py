@@ -145,3 +145,67 @@ def test_mae_pretraining_resume_is_bit_exact(batches: ImageBatches, tmp_path: Pa
     resumed = go(make(), tmp_path / "k.pt")
     for (k, v1), (_, v2) in zip(ref.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(v1, v2), k
+
+
+def test_stop_request_writes_checkpoint_then_resumes_bit_exact(batches: ImageBatches, tmp_path: Path) -> None:
+    """A SIGTERM-style request (a flag, polled after each optimiser step) checkpoints at that
+    step and raises `Preempted`; the resumed run ends with the uninterrupted run's weights."""
+    import signal
+
+    from bench import preempt
+
+    ref = run(batches, tmp_path / "ref.pt")
+    model = tiny()
+    log = tmp_path / "log.txt"
+
+    def after(progress: float) -> None:
+        if round(progress * 15) == 7:  # after global step 7 of 15 (epoch 1, step 2)
+            preempt.request(signal.SIGTERM)
+
+    preempt.reset()
+    try:
+        with pytest.raises(preempt.Preempted) as exc:
+            fit(model=model, groups=default_param_groups(model, 0.05), batches=batches, step_fn=step_fn_for(model),
+                cfg=OptimCfg(epochs=3, lr=1e-2, min_lr=1e-4, warmup_epochs=1, clip_grad=1.0), seed=11,
+                checkpoint=tmp_path / "p.pt", logger=StageLogger(None, None, log), after_step=after)
+    finally:
+        preempt.reset()
+    assert exc.value.signum == signal.SIGTERM
+    ck = torch.load(tmp_path / "p.pt", weights_only=True)
+    assert (ck["epoch"], ck["step"], ck["global_step"]) == (1, 2, 7)
+    assert "stopped on SIGTERM at epoch 1 step 2 (global step 7); checkpoint written" in log.read_text()
+    resumed = run(batches, tmp_path / "p.pt", model=tiny())
+    for (k, v1), (_, v2) in zip(ref.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(v1, v2), k
+
+
+def test_immediate_interrupt_saves_nothing_and_names_the_checkpoint_on_disk(batches: ImageBatches, tmp_path: Path) -> None:
+    """A second signal (KeyboardInterrupt mid-step) must not save a possibly half-updated model;
+    the log says which checkpoint is on disk (here: the time-based one of the previous step)."""
+    model = tiny()
+    log = tmp_path / "log.txt"
+    inner = step_fn_for(model)
+    calls = {"n": 0}
+
+    def step_fn(x, y, gen):
+        calls["n"] += 1
+        if calls["n"] == 8:  # during global step 8 (epoch 1, step 3)
+            raise KeyboardInterrupt
+        return inner(x, y, gen)
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(model=model, groups=default_param_groups(model, 0.05), batches=batches, step_fn=step_fn,
+            cfg=OptimCfg(epochs=3, lr=1e-2), seed=11, checkpoint=tmp_path / "c.pt",
+            logger=StageLogger(None, None, log), checkpoint_seconds=0.0)  # checkpoint after every step
+    ck = torch.load(tmp_path / "c.pt", weights_only=True)
+    assert (ck["epoch"], ck["step"], ck["global_step"]) == (1, 2, 7)
+    text = log.read_text()
+    assert "nothing was saved" in text and "is from epoch 1 step 2 (global step 7)" in text
+    assert "checkpoint kept" not in text
+
+    fresh = tiny()
+    with pytest.raises(KeyboardInterrupt):
+        fit(model=fresh, groups=default_param_groups(fresh, 0.05), batches=batches,
+            step_fn=lambda x, y, g: (_ for _ in ()).throw(KeyboardInterrupt()), cfg=OptimCfg(epochs=1, lr=1e-2),
+            seed=11, checkpoint=tmp_path / "none.pt", logger=StageLogger(None, None, log))
+    assert "no checkpoint is on disk" in log.read_text() and not (tmp_path / "none.pt").exists()
