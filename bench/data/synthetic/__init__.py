@@ -9,6 +9,9 @@ label prevalences), so a model trained on one site meets a domain shift on anoth
 Writers. Site `<name>` is written by the module `bench.data.synthetic.<name>`, which
 defines ``write(root: Path, *, seed: int, scale: float) -> dict[str, int]``: it fills
 `root` (an empty temporary folder) and returns counts. Adding a site is one module.
+A writer whose output changes for the same (seed, scale) raises its module-level
+`WRITER_VERSION` (default 1); the marker records it, so an older folder is reported rather
+than silently reused.
 
 Guarantees:
 * deterministic: the same (seed, scale, signal) gives byte-identical files; a site's
@@ -47,6 +50,10 @@ KNOWN_SITES: tuple[str, ...] = (
 )  # fmt: skip
 
 
+def _version(site: str) -> int:
+    return int(getattr(importlib.import_module(f"{__name__}.{site}"), "WRITER_VERSION", 1))
+
+
 def _writer(site: str) -> Callable[..., dict[str, int]]:
     """The `write` function of module `bench.data.synthetic.<site>`."""
     try:
@@ -69,9 +76,14 @@ def read_marker(site_root: Path) -> dict | None:
     return json.loads(path.read_text())
 
 
-def _same_generation(marker: dict, seed: int, scale: float, signal: float) -> bool:
-    """Markers written before `signal` existed carry none: they were generated at signal 1."""
-    return marker.get("seed") == seed and marker.get("scale") == scale and marker.get("signal", 1.0) == signal
+def _same_generation(marker: dict, seed: int, scale: float, signal: float, version: int = 1) -> bool:
+    """Markers carry `signal` and `version` only when they differ from 1 (older markers have neither)."""
+    return (
+        marker.get("seed") == seed
+        and marker.get("scale") == scale
+        and marker.get("signal", 1.0) == signal
+        and marker.get("version", 1) == version
+    )
 
 
 def generate(
@@ -99,11 +111,12 @@ def generate(
             marker = read_marker(final)
             if marker is None:
                 raise DataError(f"{final} exists but has no {MARKER}: not a complete synthetic site; remove it")
-            if not _same_generation(marker, seed, scale, signal):
+            version = _version(site)
+            if not _same_generation(marker, seed, scale, signal, version):
                 raise DataError(
                     f"{final} was generated with seed={marker.get('seed')} scale={marker.get('scale')} "
-                    f"signal={marker.get('signal', 1.0)}, not seed={seed} scale={scale} signal={signal}; "
-                    "remove it or use another output folder"
+                    f"signal={marker.get('signal', 1.0)} by writer version {marker.get('version', 1)}, not "
+                    f"seed={seed} scale={scale} signal={signal} version {version}; remove it or use another output folder"
                 )
             log.info("synthetic %s: complete in %s, skipped", site, final)
             roots[site] = final
@@ -118,6 +131,8 @@ def generate(
         marker = {"site": site, "seed": seed, "scale": scale, "counts": counts}
         if signal != 1.0:  # default-signal markers stay as they were, so existing folders remain valid
             marker["signal"] = signal
+        if _version(site) != 1:
+            marker["version"] = _version(site)
         (tmp / MARKER).write_text(json.dumps(marker, sort_keys=True) + "\n")  # last: marks completion
         try:
             os.replace(tmp, final)
@@ -126,7 +141,7 @@ def generate(
             # its copy if it is the same generation, else report the conflict.
             marker = read_marker(final)
             shutil.rmtree(tmp)
-            if marker is None or not _same_generation(marker, seed, scale, signal):
+            if marker is None or not _same_generation(marker, seed, scale, signal, _version(site)):
                 raise DataError(f"{final} appeared while generating it and is not seed={seed} scale={scale}") from None
         log.info("synthetic %s: wrote %s in %.1fs to %s", site, counts, time.perf_counter() - t0, final)
         roots[site] = final

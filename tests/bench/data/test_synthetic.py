@@ -133,7 +133,7 @@ def test_signal_is_part_of_the_generation(seed0: Path, tmp_path: Path) -> None:
     valid); another signal gives other pixels, is recorded, and is never mixed with the default."""
     assert "signal" not in read_marker(seed0 / "nih")
     assert generate(seed0, seed=0, sites=SITES, scale=SCALE, signal=1.0)  # the default: skipped, fine
-    with pytest.raises(DataError, match="signal=1.0, not .*signal=2.0"):
+    with pytest.raises(DataError, match="signal=1.0 .*not .*signal=2.0"):
         generate(seed0, seed=0, sites=["nih"], scale=SCALE, signal=2.0)
     roots = generate(tmp_path, seed=0, sites=["nih"], scale=SCALE, signal=2.0)
     assert read_marker(roots["nih"])["signal"] == 2.0
@@ -142,3 +142,19 @@ def test_signal_is_part_of_the_generation(seed0: Path, tmp_path: Path) -> None:
     assert any(a[k] != b[k] for k in a if k.endswith(".png"))
     with pytest.raises(ValueError, match="signal"):
         generate(tmp_path / "x", seed=0, sites=["nih"], scale=SCALE, signal=-1.0)
+
+
+def test_a_folder_from_an_older_writer_version_is_reported(tmp_path: Path) -> None:
+    """The OCT writer's output changed (more test scans) for the same seed and scale: a folder
+    written by the previous version (marker without `version`) must not be reused silently."""
+    from bench.data.synthetic import oct as oct_writer
+
+    assert oct_writer.WRITER_VERSION > 1
+    root = generate(tmp_path, seed=0, sites=["oct"], scale=SCALE)["oct"]
+    assert read_marker(root)["version"] == oct_writer.WRITER_VERSION
+    generate(tmp_path, seed=0, sites=["oct"], scale=SCALE)  # same version: skipped
+    old = read_marker(root)
+    del old["version"]
+    (root / MARKER).write_text(json.dumps(old))
+    with pytest.raises(DataError, match="writer version 1, not .* version 2"):
+        generate(tmp_path, seed=0, sites=["oct"], scale=SCALE)
