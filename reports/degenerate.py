@@ -125,7 +125,7 @@ def note(cells: Sequence[DegenerateCell], z: float = 2.0) -> str:
     kinds = {c.kind for c in cells}
     parts = []
     if "chance" in kinds:
-        parts.append(f"at chance within noise (|score - chance| <= {z:g} standard errors of a random scorer on these labels)")
+        parts.append(f"at chance within noise (score within {z:g} standard errors of a random scorer of chance level)")
     if "zero_sd" in kinds:
         parts.append("no spread over different seeds (sd exactly 0)")
     return (
