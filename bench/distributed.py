@@ -15,7 +15,11 @@ The data-parallel contract (see `bench.train.loop.fit` and `bench.train.data`):
   are written by rank 0 only and read by every rank;
 * per-sample randomness is drawn for the global batch on every rank and sliced
   (`ssl_methods.shard`), so a 2-process run reproduces a 1-process run to float
-  rounding (tests/bench/train/test_distributed.py).
+  rounding (tests/bench/train/test_distributed.py) for MAE and SimMIM. Not covered, so
+  equal only in distribution: timm's stochastic depth (drop_path_rate > 0: its masks are
+  drawn per rank), the photometric augmentations of DINO/MoCo v3/SiT/GMML, GMML's
+  partner images (chosen within a rank's share), and BatchNorm statistics on CPU (per
+  rank; GPUs use SyncBatchNorm, see `wrap`).
 """
 
 from __future__ import annotations

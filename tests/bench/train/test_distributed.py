@@ -120,7 +120,7 @@ WORKER = textwrap.dedent(
     if "methods" in phases:
         # one DDP epoch of the methods with momentum teachers / BN heads: runs, ranks stay equal
         # DINO's last layer gets no gradient in epoch 0 (unused parameters for DDP), then trains
-        for name, opts in (("dino", {"n_local": 2, "freeze_last_layer_epochs": 1}), ("mocov3", {})):
+        for name, opts in (("dino", {"n_local": 2, "freeze_last_layer_epochs": 1}), ("mocov3", {}), ("sit", {}), ("gmml", {})):
             result[name] = train(name, out / f"{name}-{tag}.pt", epochs=2, **opts)
         # a layer no rank uses in any step keeps grad None under DDP: AdamW leaves it untouched
         result["dino_frozen"] = train("dino", out / f"dino-frozen-{tag}.pt", epochs=1, n_local=2, freeze_last_layer_epochs=1)
@@ -245,7 +245,7 @@ def _results_init(method: str) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow
 def test_ema_teacher_methods_run_under_ddp(data: Path, tmp_path: Path) -> None:
-    """DINO (frozen last layer early: unused parameters) and MoCo v3 (BN heads) under DDP:
+    """DINO (frozen last layer early: unused parameters), MoCo v3 (BN heads), SiT and GMML under DDP:
     the EMA update runs on the unwrapped module, every rank ends with the same weights, and
     the cross-rank syncs (DINO centre, MoCo v3 key gather) match the 1-process values."""
     _wait(_launch(data, tmp_path, 2, "methods,syncs"))
@@ -265,7 +265,7 @@ def test_ema_teacher_methods_run_under_ddp(data: Path, tmp_path: Path) -> None:
     dino(torch.randn(8, 1, 32, 32, generator=g))
     for r in (r0, r1):
         torch.testing.assert_close(r["dino_center"], dino.center, rtol=1e-5, atol=1e-7)
-    for name in ("dino", "mocov3"):
+    for name in ("dino", "mocov3", "sit", "gmml"):
         trained = {k: v for k, v in r0[name].items() if "running_" not in k and "num_batches" not in k}
         other = {k: v for k, v in r1[name].items() if k in trained}
         assert _max_diff(trained, other) == 0.0, name
