@@ -18,6 +18,12 @@
 * ``cache.json``: the manifest (parameters and counts), written last; a folder
   without it is incomplete, and `CacheReader` refuses it.
 
+The work runs in shards (``shards/shard-IIIII-of-NNNNN/``, contiguous row ranges, each
+written under a temporary name and renamed when complete) decoded by worker processes
+on every core, then `merge` writes the files above. An interrupted prepare resumes from
+its finished shards; a cluster job array runs `prepare_shard` per task (`bench data
+prepare SITE --n-shards N --shard $SLURM_ARRAY_TASK_ID --merge`). See "shards" below.
+
 Corrupt images (`ImageReadError`): ``on_error="skip"`` leaves them out, counts and
 lists them in ``report.json`` and logs a warning; ``on_error="fail"`` raises the
 `ImageReadError` that names the file.
@@ -438,8 +444,8 @@ def prepare(
             log.info("cache %s is complete for these rows and parameters; reused", out)
             return old
         raise FileExistsError(f"{out} holds a cache built from other rows or parameters; use another folder")
-    if workers <= 0:
-        workers = os.cpu_count() or 1
+    if workers <= 0:  # every core this process may run on (a SLURM task's allocation, not the node)
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     n = len(index)
     if n_shards is None:
         n_shards = max(1, min(n, max(-(-n // DEFAULT_SHARD_ROWS), 4 * workers if workers > 1 else 1)))
