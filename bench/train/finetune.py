@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-
 from torch import nn
 
 from bench.data.labels import resolve_classes
@@ -152,10 +151,12 @@ def selection_score(y: np.ndarray, probs: np.ndarray, multiclass: bool) -> float
 def why_no_score(y: np.ndarray, probs: np.ndarray, multiclass: bool) -> str:
     """Why `selection_score` is NaN for these validation targets and probabilities."""
     known = ~np.isnan(y)
+    if len(y) == 0:
+        return "no validation image could be read (all were skipped as unreadable)"
     if probs.size and not np.isfinite(probs).all():
         return "the model's validation probabilities are not finite (NaN/inf weights or inputs)"
     if multiclass:
-        if not known.all(axis=1).any():
+        if not known.any(axis=1).any():
             return "no validation image has a known class"
         return "balanced accuracy is undefined on these validation labels"
     both = [j for j in range(y.shape[1]) if (y[known[:, j], j] == 1).any() and (y[known[:, j], j] == 0).any()]
@@ -288,7 +289,8 @@ def run_finetune(stage: "Stage", store: "Store", logger: "StageLogger", env: "St
     if state["best_epoch"] < 0 or not best_path.exists():
         why = state.get("no_score") or "no epoch produced a finite validation score"
         msg = f"fine-tune on {site}: validation {metric} was NaN in every epoch, so there is no best model to keep: {why}"
-        raise (DataError(msg) if "probabilities" not in why else FloatingPointError(msg))
+        # undefined scores come from the data (labels, unreadable images) unless the model's outputs were not finite
+        raise FloatingPointError(msg) if why.startswith("the model's") else DataError(msg)
     best = torch.load(best_path, map_location="cpu", weights_only=True)
     saved = {"state_dict": best, "classes": classes, "backbone": cfg["backbone"], "task": f["task"], "pool": pool, "mode": f["mode"]}
     with store.write_output(stage.key, "model.pt") as tmp:

@@ -120,3 +120,4 @@ def test_why_no_score_explains_each_case() -> None:
     assert "both positive and negative" in why_no_score(np.zeros((5, 2)), np.full((5, 2), 0.5), False)
     assert "not finite" in why_no_score(np.eye(2)[[0, 1, 0]], np.full((3, 2), np.nan), False)
     assert "no validation image has a known class" in why_no_score(np.full((3, 2), np.nan), np.full((3, 2), 0.5), True)
+    assert "could be read" in why_no_score(np.zeros((0, 2)), np.zeros((0, 0)), True)
