@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -99,9 +101,7 @@ class LocalExecutor(Executor):
         self.grace_s = grace_s
 
     def run(self, stages: list[Stage], ctx: JobContext) -> RunSummary:
-        import submitit
-
-        executor = submitit.LocalExecutor(folder=str(self.folder))
+        executor = _executor_class()(folder=str(self.folder))
         executor.update_parameters(timeout_min=self.timeout_min)
         summary = RunSummary()
         store = Store(ctx.store_root)
@@ -160,11 +160,17 @@ class LocalExecutor(Executor):
         except KeyboardInterrupt:
             summary.interrupted = True
             log.warning("stopping %d running job(s): SIGTERM, then SIGKILL after %.0f s", len(running), self.grace_s)
-            for job, _ in running.values():
-                proc = getattr(job, "_process", None)
-                if proc is not None and proc.poll() is None:
-                    stop_process_tree(proc.pid, self.grace_s)
-                    proc.wait()
+            procs = [p for p in (getattr(job, "_process", None) for job, _ in running.values()) if p is not None]
+            try:
+                for proc in procs:
+                    if proc.poll() is None:
+                        stop_process_tree(proc.pid, self.grace_s)
+                        proc.wait()
+            except KeyboardInterrupt:  # a second Ctrl-C: no more grace (the jobs run in their own sessions)
+                for proc in procs:
+                    if proc.poll() is None:
+                        stop_process_tree(proc.pid, 0.0)
+                        proc.wait()
             for job, chain in running.values():
                 for c in chain:
                     if store.status(c.key).get("state") == "running":
@@ -196,3 +202,64 @@ def _short_error(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     last = [ln for ln in text if ln.strip() and "submitit INFO" not in ln]
     return last[-1] if last else type(exc).__name__
+
+
+def _executor_class():  # -> type[submitit.LocalExecutor]
+    """submitit's local executor, launching `_controller_main` instead of submitit's controller.
+
+    Why: (1) submitit's controller exits 0 when its task is killed, so a worker killed from
+    outside (OOM killer, `kill -9`) could not be told from one that ended without a
+    result; ours ends with the task's fate (the same signal, or its exit status).
+    (2) Each job gets its own session, so a Ctrl-C in the terminal reaches only `bench`,
+    which then stops the workers in order (SIGTERM -> checkpoint at a step -> SIGKILL after
+    the grace period); before, the worker also got the terminal's SIGINT and the
+    controller forwarded another, and the second signal skipped the graceful checkpoint.
+    (3) The parent's CUDA_VISIBLE_DEVICES is kept (submitit sets it to the job's
+    `gpus_per_node`, i.e. empty: no GPU for `bench run --device cuda`).
+    """
+    import submitit
+    from submitit.local.local import LocalJob
+
+    class _LocalExecutor(submitit.LocalExecutor):
+        def _submit_command(self, command: str) -> LocalJob:
+            env = {
+                **os.environ,
+                "SUBMITIT_LOCAL_NTASKS": "1",
+                "SUBMITIT_LOCAL_COMMAND": command,
+                "SUBMITIT_LOCAL_TIMEOUT_S": str(int(60 * self.parameters.get("timeout_min", 2.0))),
+                "SUBMITIT_LOCAL_SIGNAL_DELAY_S": str(int(self.parameters.get("signal_delay_s", 30))),
+                "SUBMITIT_LOCAL_NODEID": "0",
+                "SUBMITIT_LOCAL_JOB_NUM_NODES": "1",
+                "SUBMITIT_STDERR_TO_STDOUT": "",
+                "SUBMITIT_EXECUTOR": "local",
+                "SUBMITIT_LOCAL_WITH_SHELL": "",
+            }
+            proc = subprocess.Popen([sys.executable, "-m", "bench.execute.local", str(self.folder)], env=env, start_new_session=True)
+            return LocalJob(folder=self.folder, job_id=str(proc.pid), process=proc, tasks=[0])
+
+    return _LocalExecutor
+
+
+def _controller_main(folder: str) -> int:
+    """Run submitit's job controller; end like its task did (killed by a signal: the same signal)."""
+    from submitit.local.local import Controller
+
+    class _Controller(Controller):
+        codes: list[int | None] = []
+
+        def wait(self, freq: int = 24) -> list[int | None]:
+            self.codes = list(super().wait(freq))
+            return self.codes
+
+    controller = _Controller(Path(folder))
+    controller.run()
+    code = next((c for c in controller.codes if c), 0) or 0
+    if code < 0:
+        if -code not in (signal.SIGKILL, signal.SIGSTOP):  # those two cannot have (or need) a handler reset
+            signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(_controller_main(sys.argv[1]))
