@@ -23,7 +23,8 @@ Strategies (each a planner in `STRATEGIES`, run on epochs 0 and 1):
   then padded. Resized share and largest shrink are reported.
 - `mixed`: mixed-shape steps (`bench.data.dbb.plan_mixed_epoch`): 64 images (or a
   token budget) per optimizer step drawn from a size-sorted pool of ~16 steps, run
-  as exact-grid micro-batches with gradient accumulation; zero padding.
+  as exact-grid micro-batches with gradient accumulation; zero padding (with
+  `pad_bound` δ: micro-batches of (δ+1)-patch cells, padded by at most δ per side).
 - `ar_buckets`: aspect-ratio buckets of area ≈ S² with 64-px sides (kohya/SDXL),
   resize to cover then crop.
 
@@ -293,14 +294,25 @@ def _dbb_fit(s: SizeSet, **kw: object) -> Planner:
 
 @STRATEGIES.register("mixed")
 def _mixed(
-    s: SizeSet, *, batch_size: int, seed: int, pool_batches: float = 16.0, token_budget: int | None = None, **_: object
+    s: SizeSet,
+    *,
+    batch_size: int,
+    seed: int,
+    pool_batches: float = 16.0,
+    token_budget: int | None = None,
+    pad_bound: int = 0,
+    **_: object,
 ) -> Planner:
-    by_size = size_order(s.gh, s.gw)
+    by_size = size_order(s.gh, s.gw, pad_bound=pad_bound)
     tokens = s.gh * s.gw
     sizing = {"token_budget": token_budget} if token_budget else {"batch_size": batch_size}
 
     def plan(epoch: int) -> EpochLayout:
-        p = plan_mixed_epoch(s.gh, s.gw, seed=seed, epoch=epoch, pool_batches=pool_batches, by_size=by_size, **sizing)
+        p = plan_mixed_epoch(
+            s.gh, s.gw, seed=seed, epoch=epoch, pool_batches=pool_batches, pad_bound=pad_bound, by_size=by_size, **sizing
+        )
+        proc = np.empty(s.n, dtype=np.int64)
+        proc[p.order] = np.repeat(p.micro_shape[:, 0] * p.micro_shape[:, 1], np.diff(p.micro_bounds))
         b = np.empty(s.n, dtype=np.int64)
         b[p.order] = np.repeat(np.arange(len(p)), np.diff(p.step_bounds))
         n_steps = len(p)
@@ -312,7 +324,7 @@ def _mixed(
         else:
             n_short = int((sizes < batch_size).sum())
         shapes = {tuple(x) for x in p.micro_shape.tolist()}
-        return EpochLayout(b, tokens, tokens, shapes, n_short=n_short, n_steps=n_steps, n_micro=int(p.micro_shape.shape[0]))
+        return EpochLayout(b, tokens, proc, shapes, n_short=n_short, n_steps=n_steps, n_micro=int(p.micro_shape.shape[0]))
 
     return plan
 
@@ -469,6 +481,7 @@ SWEEP_STRATEGIES: tuple[tuple[str, str, dict[str, object]], ...] = (
     ("DBB fit δ=2, min_batches=1", "dbb_fit", {"min_batches": 1, "resize_bound": 2}),
     ("mixed steps, B=64, pool 16", "mixed", {"pool_batches": 16}),
     ("mixed steps, token budget, pool 16", "mixed", {"pool_batches": 16, "token_budget": "auto"}),
+    ("mixed steps, B=64, pool 16, pad <= 1 patch", "mixed", {"pool_batches": 16, "pad_bound": 1}),
 )
 TARGETS = {"tokens": 1.02, "flops": 1.04, "repeated_pairs": 0.10, "short": 1}
 

@@ -583,13 +583,20 @@ class MixedPlan:
         return out
 
 
-def size_order(grid_h: np.ndarray, grid_w: np.ndarray) -> np.ndarray:
-    """Image indices sorted by grid (h, then w, then index): the static part of mixed planning."""
+def size_order(grid_h: np.ndarray, grid_w: np.ndarray, *, pad_bound: int = 0) -> np.ndarray:
+    """Image indices sorted by cell, grid and index: the static part of mixed planning.
+
+    A cell is `pad_bound + 1` patches square; images of one cell are adjacent, so a
+    step's micro-batches can be cut per cell (see `plan_mixed_epoch`).
+    """
     gh = np.asarray(grid_h, dtype=np.int64)
     gw = np.asarray(grid_w, dtype=np.int64)
     if gh.size and (gh.max() >= 1 << 15 or gw.max() >= 1 << 15):
         raise ValueError("grids must be < 32768 patches per side")
-    return np.argsort((gh << 15) | gw, kind="stable")
+    if pad_bound < 0:
+        raise ValueError(f"pad_bound must be >= 0 patches, got {pad_bound}")
+    q = pad_bound + 1
+    return np.argsort(((gh // q) << 45) | ((gw // q) << 30) | (gh << 15) | gw, kind="stable")
 
 
 def plan_mixed_epoch(
@@ -603,6 +610,7 @@ def plan_mixed_epoch(
     pool_batches: float = 16.0,
     world_size: int = 1,
     num_prefix_tokens: int = 1,
+    pad_bound: int = 0,
     by_size: np.ndarray | None = None,
 ) -> MixedPlan:
     """Plan an epoch of mixed-shape steps (see `MixedPlan`), vectorised over images.
@@ -613,9 +621,12 @@ def plan_mixed_epoch(
     3. Cut steps of `batch_size × world_size` images, or greedily of at most
        `token_budget × world_size` tokens (incl. prefix); only the epoch's last step
        can be short, and it is placed last.
-    4. Shuffle the step order; inside a step, images of one grid form a micro-batch.
+    4. Shuffle the step order; inside a step, images of one grid form a micro-batch,
+       or with `pad_bound` δ > 0 images of one (δ+1)-patch square cell, padded to the
+       cell's largest member: at most δ patches of padding per side, fewer tensors.
 
-    `by_size` (from `size_order`, cached by callers) saves one sort per epoch.
+    `by_size` (from `size_order` with the same `pad_bound`, cached by callers) saves
+    one sort per epoch.
     A step's images come from one or two neighbouring pools, so micro-batches stay
     large where sizes are dense; a same-step pair meets again next epoch with
     probability about 1 / `pool_batches`.
@@ -642,7 +653,7 @@ def plan_mixed_epoch(
         per_step = budget / float(tokens.mean())
     pool = max(1, int(round(pool_batches * per_step)))
     if by_size is None:
-        by_size = size_order(gh, gw)
+        by_size = size_order(gh, gw, pad_bound=pad_bound)
     # positions p of the size order: shuffle within pools (random offset), cut steps
     pool_id = (np.arange(n, dtype=np.int64) + int(rng.integers(pool))) // pool
     perm = np.argsort(pool_id + rng.random(n))  # shuffled pools, pools in size order
@@ -668,15 +679,18 @@ def plan_mixed_epoch(
     order = by_size[pos]
     sid = sid_at[pos]
     h, w = gh[order], gw[order]
-    change = np.flatnonzero((sid[1:] != sid[:-1]) | (h[1:] != h[:-1]) | (w[1:] != w[:-1])) + 1
+    q = pad_bound + 1
+    ch, cw = h // q, w // q
+    change = np.flatnonzero((sid[1:] != sid[:-1]) | (ch[1:] != ch[:-1]) | (cw[1:] != cw[:-1])) + 1
     micro_bounds = np.concatenate([[0], change, [n]]).astype(np.int64)
     starts_m = micro_bounds[:-1]
     step_bounds = np.searchsorted(sid, np.arange(n_steps + 1), side="left").astype(np.int64)
+    micro_shape = np.stack([np.maximum.reduceat(h, starts_m), np.maximum.reduceat(w, starts_m)], axis=1)
     return MixedPlan(
         order=order,
         step_bounds=step_bounds,
         micro_bounds=micro_bounds,
-        micro_shape=np.stack([h[starts_m], w[starts_m]], axis=1),
+        micro_shape=micro_shape,
         micro_step=sid[starts_m],
         world_size=world_size,
         n_images=n,
@@ -700,6 +714,7 @@ class MixedStepSampler:
         batch_size: int | None = None,
         token_budget: int | None = None,
         pool_batches: float = 16.0,
+        pad_bound: int = 0,
         num_prefix_tokens: int = 1,
         seed: int = 0,
         rank: int = 0,
@@ -710,9 +725,9 @@ class MixedStepSampler:
         self.gh = np.asarray(grid_h, dtype=np.int64)
         self.gw = np.asarray(grid_w, dtype=np.int64)
         self.kw = dict(batch_size=batch_size, token_budget=token_budget, pool_batches=pool_batches,
-                       world_size=world_size, num_prefix_tokens=num_prefix_tokens)
+                       world_size=world_size, num_prefix_tokens=num_prefix_tokens, pad_bound=pad_bound)
         self.seed, self.rank, self.world_size, self.epoch = int(seed), int(rank), int(world_size), 0
-        self._by_size = size_order(self.gh, self.gw)
+        self._by_size = size_order(self.gh, self.gw, pad_bound=pad_bound)
         self._plan: MixedPlan | None = None
         self._plan_epoch: int | None = None
         self._len = len(self.plan(0))

@@ -507,3 +507,24 @@ def test_mixed_planning_640k_images_under_one_second() -> None:
         times.append(time.process_time() - t0)
     assert min(times) < 1.0
     assert plan.order.size == n
+
+
+@pytest.mark.parametrize("pad_bound", [1, 2])
+def test_mixed_steps_pad_bound_merges_micro_batches_within_bound(pad_bound: int) -> None:
+    gh, gw = _grids(4000, seed=16)
+    exact = plan_mixed_epoch(gh, gw, seed=6, epoch=0, batch_size=32)
+    merged = plan_mixed_epoch(gh, gw, seed=6, epoch=0, batch_size=32, pad_bound=pad_bound)
+    assert np.array_equal(np.sort(merged.order), np.arange(gh.size))
+    padded = 0
+    for m in range(merged.micro_shape.shape[0]):
+        idx = merged.order[merged.micro_bounds[m] : merged.micro_bounds[m + 1]]
+        H, W = merged.micro_shape[m]
+        assert (gh[idx] <= H).all() and (gw[idx] <= W).all()  # padding only, never a resize
+        assert (H - gh[idx] <= pad_bound).all() and (W - gw[idx] <= pad_bound).all()
+        assert len(set(merged.micro_step[m : m + 1].tolist())) == 1
+        padded += int(((gh[idx] < H) | (gw[idx] < W)).sum())
+    assert padded > 0
+    assert merged.micro_shape.shape[0] < 0.8 * exact.micro_shape.shape[0]
+    s = MixedStepSampler(gh, gw, batch_size=32, pad_bound=pad_bound, seed=6)
+    got = [tuple(mb.shape) for step in s for mb in step]
+    assert len(got) == merged.micro_shape.shape[0]
