@@ -14,6 +14,7 @@ from bench.compute import encoder_flops
 from bench.data.sites import DataError
 from bench.dbb_report import (
     STRATEGIES,
+    SWEEP_STRATEGIES,
     SizeSet,
     ar_buckets,
     main,
@@ -207,11 +208,11 @@ def test_subsample_cli_prints_min_median_max(tmp_path: Path, capsys: pytest.Capt
     assert main([*args, "--out", str(tmp_path / "o")]) == 0
     md = (tmp_path / "o" / "dbb_subsets.md").read_text()
     rows = [line for line in md.splitlines() if line.startswith("| 150 |")]
-    assert len(rows) == 6 and all("| 2 |" in r for r in rows)  # 6 strategies, 2 seeds each
+    assert len(rows) == len(SWEEP_STRATEGIES) and all("| 2 |" in r for r in rows)  # 2 seeds each
     tok = rows[0].split("|")[5].strip().split("/")
     assert len(tok) == 3 and float(tok[0]) <= float(tok[1]) <= float(tok[2])  # min/median/max
     full = [line for line in md.splitlines() if line.startswith("| 400 |")]
-    assert len(full) == 6 and all("| 1 |" in r for r in full)
+    assert len(full) == len(SWEEP_STRATEGIES) and all("| 1 |" in r for r in full)
     assert "mixed steps" in capsys.readouterr().out
     assert main([str(p), "--subsample", "x"]) == 2
 
