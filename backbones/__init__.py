@@ -12,20 +12,44 @@ local state dict with strict checks on every non-head key (see
 
 Input-channel adaptation (3 <-> 1) of pretrained weights follows `chans_adapt`
 (`mean`, the Krones paper's choice and the default, or `sum`, timm's).
+
+Importing the package does not import torch or timm (listing backbones and validating a
+matrix only need the specs, `backbones.specs`): `create` imports them, and the torch-based
+names below are loaded on first attribute access (PEP 562).
 """
 
 from __future__ import annotations
 
+import importlib
+import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import timm
-from torch import nn
-
-from backbones.channels import CHANS_ADAPT_MODES, ChansAdapt, adapt_conv_weight
-from backbones.loading import BackboneInitError, LoadReport, load_backbone_weights
 from backbones.specs import BACKBONES, BackboneSpec, register_backbone
-from backbones.weights import PRETRAINED_INITS, WeightsNotFoundError, read_state_dict, resolve_pretrained_file
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from backbones.channels import ChansAdapt
+
+# torch-based public names -> the module that defines them (imported on first access)
+_LAZY = {
+    "adapt_conv_weight": "backbones.channels",
+    "CHANS_ADAPT_MODES": "backbones.channels",
+    "BackboneInitError": "backbones.loading",
+    "LoadReport": "backbones.loading",
+    "load_backbone_weights": "backbones.loading",
+    "PRETRAINED_INITS": "backbones.weights",
+    "WeightsNotFoundError": "backbones.weights",
+    "read_state_dict": "backbones.weights",
+    "resolve_pretrained_file": "backbones.weights",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "BACKBONES",
@@ -38,6 +62,7 @@ __all__ = [
     "feature_dim",
     "get_spec",
     "list_backbones",
+    "patch_size",
     "register_backbone",
 ]
 
@@ -48,6 +73,20 @@ def list_backbones() -> list[str]:
 
 def get_spec(name: str) -> BackboneSpec:
     return BACKBONES.get(name)
+
+
+def patch_size(name: str) -> int | None:
+    """Pixels per side of one token of a patch-based backbone (ViT, Swin); None for a CNN.
+
+    From the spec alone (its `patch_size` override, else the `patchN` of the timm name), so
+    the matrix checks image sizes against it without building the model."""
+    spec = get_spec(name)
+    if spec.family == "resnet":
+        return None
+    if spec.timm_kwargs.get("patch_size"):
+        return int(spec.timm_kwargs["patch_size"])
+    m = re.search(r"patch(\d+)", spec.timm_name)
+    return int(m.group(1)) if m else None
 
 
 def create(
@@ -69,6 +108,12 @@ def create(
     `dynamic_img_size`, `global_pool`). The load report of a non-random init is
     attached as `model.bench_init` (a `LoadReport`).
     """
+    import timm
+
+    from backbones.channels import CHANS_ADAPT_MODES
+    from backbones.loading import load_backbone_weights
+    from backbones.weights import PRETRAINED_INITS, read_state_dict, resolve_pretrained_file
+
     spec = BACKBONES.get(name)
     if chans_adapt not in CHANS_ADAPT_MODES:
         raise ValueError(f"chans_adapt must be one of {CHANS_ADAPT_MODES}, got {chans_adapt!r}")

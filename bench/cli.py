@@ -360,32 +360,42 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    """Each registered name with a one-line description. Read from the plugins' sources and specs
+    (`bench.registry`): no torch, so it answers at once."""
     fam = args.family
+    rows: list[tuple[str, str]]
     if fam == "backbones":
         import backbones
 
-        names = backbones.list_backbones()
+        rows = [(n, backbones.get_spec(n).description) for n in backbones.list_backbones()]
     elif fam == "methods":
         import ssl_methods
 
         from bench.matrix import NON_SSL_METHODS
 
-        names = [*NON_SSL_METHODS, *ssl_methods.list_methods()]
+        builtin = {"none": "no pre-training stage (the backbone's init is fine-tuned directly)",
+                   "supervised": "supervised pre-training on a site's labels (pretrain.classes)"}
+        registered = ssl_methods.list_methods()
         if getattr(args, "verbose", False):  # each method's reference recipe, with sources
-            names = [*NON_SSL_METHODS, *(ln for n in ssl_methods.list_methods() for ln in ssl_methods.describe(n))]
+            lines = [f"{n}\n  {builtin[n]}" for n in NON_SSL_METHODS if n not in registered]
+            print("\n".join([*lines, *(ln for n in registered for ln in ssl_methods.describe(n))]))
+            return 0
+        rows = [(n, builtin[n]) for n in NON_SSL_METHODS if n not in registered]
+        rows += [(n, ssl_methods.info(n).description) for n in registered]
     elif fam == "sites":
-        from bench.data.sites import list_sites
+        from bench.data.sites import SITES
 
-        names = list_sites()
+        rows = SITES.describe()
     elif fam == "label-sets":
         from bench.data.labels import LABEL_SETS
 
-        names = [f"{k}: {', '.join(v)}" for k, v in LABEL_SETS.items()]
+        rows = [(k, ", ".join(v)) for k, v in LABEL_SETS.items()]
     else:
-        from reports.metrics import list_metrics
+        from reports.metrics import METRICS
 
-        names = list_metrics()
-    print("\n".join(names))
+        rows = METRICS.describe() if hasattr(METRICS, "describe") else [(n, "") for n in METRICS.names()]
+    width = max((len(n) for n, _ in rows), default=0)
+    print("\n".join(f"{n:<{width}}  {d}".rstrip() for n, d in rows))
     return 0
 
 
@@ -535,7 +545,6 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from bench.data.sites import DataError
     from bench.matrix import MatrixError
-    from bench.audit import LeakageError
     from bench.store import StoreError
 
     fn: Callable[[argparse.Namespace], int] = args.fn
@@ -547,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     try:
         return fn(args)
-    except (MatrixError, DataError, StoreError, CLIError, LeakageError) as exc:
+    except (MatrixError, DataError, StoreError, CLIError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyError as exc:  # unknown registry names outside matrix validation
@@ -556,6 +565,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        # a LeakageError can only come from `bench.audit` once a command imported it; importing it
+        # up front would import torch and make `bench list`/`bench plan` take seconds
+        audit = sys.modules.get("bench.audit")
+        if audit is None or not isinstance(exc, audit.LeakageError):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

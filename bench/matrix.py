@@ -15,6 +15,7 @@ registries, so a new registry entry is accepted without touching this module.
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 import math
 import re
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from bench.data.labels import LABEL_SETS, SITE_CLASSES
 
@@ -50,7 +51,7 @@ def _dbb_methods() -> list[str]:
     """Methods whose forward takes a `valid` token mask (padded variable-resolution batches)."""
     import ssl_methods
 
-    return [n for n in ssl_methods.list_methods() if getattr(ssl_methods.METHODS.get(n), "supports_valid_mask", False)]
+    return [n for n in ssl_methods.list_methods() if ssl_methods.supports_valid_mask(n)]
 
 
 def _backbone_names() -> list[str]:
@@ -63,6 +64,39 @@ def _site_names() -> list[str]:
     from bench.data.sites import list_sites
 
     return list_sites()
+
+
+@functools.lru_cache(maxsize=None)
+def _options_model(kind: str, name: str) -> type:
+    """The declared options of a plugin (read from its source, torch-free): a method's config
+    class, a site's `option_defaults`, the DBB sampler's or the synthetic generator's keywords."""
+    from bench import registry
+
+    if kind == "method":
+        import ssl_methods
+
+        if name not in ssl_methods.list_methods():  # `supervised` takes no method options
+            return registry.options_model(f"{name}_options", {})
+        return ssl_methods.options_model(name)
+    if kind == "site":
+        from bench.data.sites import site_options_model
+
+        return site_options_model(name)
+    if kind == "dbb":  # `pretrain.batching.options` reach the DBB batch sampler; the stage sets the rest
+        set_by_stage = ("grid_h", "grid_w", "batch_size", "token_budget", "seed", "rank", "world_size")
+        return registry.signature_options("bench.data.dbb", "DBBBatchSampler.__init__", exclude=set_by_stage)
+    if kind == "synthetic":  # `data.synthetic` are the keywords of the generator (the runner adds the matrix's sites)
+        return registry.signature_options("bench.data.synthetic", "generate", exclude=("out",))
+    raise ValueError(kind)
+
+
+def _check_options(kind: str, name: str | None, values: dict[str, Any], what: str) -> dict[str, Any]:
+    """Unknown or mistyped plugin options fail at plan time, located at their key."""
+    if name is None:  # the plugin's own field failed validation: reported there
+        return values
+    from bench.registry import validate_options
+
+    return validate_options(_options_model(kind, name), values, what)
 
 
 def _one_of(value: str, allowed: list[str] | tuple[str, ...]) -> str:
@@ -119,11 +153,7 @@ def _backbone_patch(name: str) -> int | None:
     """Patch size of a patch-based backbone (ViT, Swin), None for a CNN."""
     import backbones
 
-    spec = backbones.get_spec(name)
-    if spec.timm_kwargs.get("patch_size"):
-        return int(spec.timm_kwargs["patch_size"])
-    m = re.search(r"patch(\d+)", spec.timm_name)
-    return int(m.group(1)) if m else None
+    return backbones.patch_size(name)
 
 
 # Names checked against the live registries, so a new site/label set is accepted without edits here.
@@ -139,7 +169,12 @@ class BatchingCfg(_Strict):
     max_side: AtLeast1 = 512
     patch: AtLeast1 | None = None
     token_budget: AtLeast1 | None = None
-    options: dict[str, Any] = Field(default_factory=dict)
+    options: dict[str, Any] = Field(default_factory=dict)  # DBB sampler options (`bench.data.dbb.DBBBatchSampler`)
+
+    @field_validator("options")
+    @classmethod
+    def _options(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        return _check_options("dbb", "dbb", v, "the DBB sampler") if info.data.get("mode") == "dbb" else v
 
 
 class PretrainCfg(_Strict):
@@ -168,7 +203,21 @@ class PretrainCfg(_Strict):
     @field_validator("method")
     @classmethod
     def _method(cls, v: str) -> str:
-        return _one_of(v, [*NON_SSL_METHODS, *_ssl_method_names()])
+        return _one_of(v, list(dict.fromkeys([*NON_SSL_METHODS, *_ssl_method_names()])))
+
+    @field_validator("options")
+    @classmethod
+    def _options(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        method = info.data.get("method")
+        if method == "none":  # no pre-training stage: nothing reads them
+            return v
+        return _check_options("method", method, v, f"method {method!r}")
+
+    @field_validator("site_options")
+    @classmethod
+    def _site_options(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        site = info.data.get("dataset")
+        return _check_options("site", site, v, f"site {site!r}") if site is not None else v
 
     @model_validator(mode="after")
     def _dataset_needed(self) -> "PretrainCfg":
@@ -205,6 +254,12 @@ class FinetuneCfg(_Strict):
     patience: AtLeast1 | None = None  # early stop on val AUC
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on GPUs that support it
 
+    @field_validator("site_options")
+    @classmethod
+    def _site_options(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        site = info.data.get("dataset")
+        return _check_options("site", site, v, f"site {site!r}")
+
     @field_validator("seeds")
     @classmethod
     def _seeds(cls, v: list[int]) -> list[int]:
@@ -234,6 +289,12 @@ class EvalTarget(_Strict):
     site_options: dict[str, Any] = Field(default_factory=dict)
     classes: Classes = "harmonised5"
     location: str = ""
+
+    @field_validator("site_options")
+    @classmethod
+    def _site_options(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        site = info.data.get("site")
+        return _check_options("site", site, v, f"site {site!r}")
 
 class Experiment(_Strict):
     id: str
@@ -315,15 +376,19 @@ class DataCfg(_Strict):
     sites: dict[str, str] = Field(default_factory=dict)
     synthetic: dict[str, Any] | None = None
 
+    @field_validator("synthetic")
+    @classmethod
+    def _synthetic(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if v is None else _check_options("synthetic", "synthetic", v, "the synthetic-data generator")
+
 
 def _report_option_names() -> list[str]:
     """Keyword options of `reports.build_reports` a matrix may set (its `reports:` section)."""
-    import inspect
+    from bench.registry import function_parameters
 
-    from reports import build_reports
-
+    # read from the source: importing the report builder would load matplotlib and scikit-learn
     skip = {"manifest", "out_dir", "title", "token_frame"}
-    return [p for p in inspect.signature(build_reports).parameters if p not in skip]
+    return [p for p in function_parameters("reports.build", "build_reports") if p not in skip]
 
 
 class Matrix(_Strict):

@@ -23,12 +23,11 @@ from torch import Tensor, nn
 
 import backbones
 from ssl_methods.recipe import Recipe
+from ssl_methods.registry import ConfigError  # torch-free, so the matrix can raise it too
+
+__all__ = ["ConfigError", "SSLMethod", "cosine_momentum", "ema_update", "parse_config"]
 
 C = TypeVar("C")
-
-
-class ConfigError(ValueError):
-    """A method config has unknown keys or bad values; the message lists the valid keys."""
 
 
 def parse_config(config_cls: type[C], cfg: dict[str, Any], method: str) -> C:
@@ -57,10 +56,20 @@ class SSLMethod(nn.Module, metaclass=ABCMeta):
     `export_encoder`. `images` passed to `forward` are (B, C, H, W) float tensors
     scaled like the fine-tuning input (the loop normalises both the same way);
     C equals `in_chans`.
+
+    What the stages need is declared here, not probed with `getattr`: the class
+    attributes below are read from the module's source by the registry (so the matrix
+    validates options and DBB support without importing torch; keep them literals or
+    module-level names), and `patch` is set by `__init__` for patch-based backbones.
     """
 
     name: ClassVar[str]
+    # one line for `bench list methods` (the class docstring's first line when empty)
+    description: ClassVar[str] = ""
     supported_families: ClassVar[tuple[str, ...]] = ("vit",)
+    # True when `forward(images, labels=...)` needs the site's labels (supervised pre-training):
+    # the stage then builds labelled batches of `pretrain.classes` and passes `num_classes`
+    needs_labels: ClassVar[bool] = False
     # True when `forward(images, valid=...)` accepts a (B, L) bool mask of real tokens of a
     # padded variable-size batch (Dynamic Batch Binning); only MAE so far
     supports_valid_mask: ClassVar[bool] = False
@@ -89,6 +98,9 @@ class SSLMethod(nn.Module, metaclass=ABCMeta):
         self.img_size = int(img_size)
         self.in_chans = int(in_chans)
         self.init = str(init)
+        # pixels per side of one token of the encoder (ViT/Swin patch), the DBB grid unit;
+        # None when the method has no token grid (a CNN encoder)
+        self.patch: int | None = backbones.patch_size(backbone)
         # run length in epochs, for schedules the references define in epochs (DINO's
         # last-layer freeze and teacher-temperature warm-up); set by `set_epochs`
         self.epochs: int | None = None

@@ -5,20 +5,22 @@ float column per canonical label (1.0 positive, 0.0 negative, NaN unknown/not
 provided). `path` is absolute. `split` is one of `train`, `val`, `test` (sites that
 ship no split carry `train` everywhere and are split by patient elsewhere).
 
-Adding a site is one module with a `Site` subclass decorated with `@register_site`;
-it is imported in `_load_builtin()` below.
+Adding a site is one module of this package with a `Site` subclass decorated with
+`@register_site`; the registry finds it (no list to edit). Listing sites and checking a
+matrix's site names and options read the modules' sources (`bench.registry.PluginRegistry`):
+nothing is imported until a stage asks for a site's index (`get_site`).
 """
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
-import pandas as pd
+from bench.registry import PluginRegistry, names_options
 
-from bench.registry import Registry
+if TYPE_CHECKING:
+    import pandas as pd
 
 INDEX_COLUMNS: tuple[str, ...] = (
     "image_id",
@@ -44,45 +46,39 @@ class Site(ABC):
     Subclasses set `name`, `labels` (canonical names the site can provide) and
     implement `load_index`. Options (e.g. CheXpert's uncertainty policy) arrive as
     keyword arguments from the matrix; unknown options must raise `DataError`
-    listing the valid ones.
+    listing the valid ones. `option_defaults` declares them (name -> default), so the
+    matrix rejects a mistyped option at plan time; keep it a module-level literal.
     """
 
     name: ClassVar[str]
     labels: ClassVar[tuple[str, ...]] = ()
     description: ClassVar[str] = ""
+    option_defaults: ClassVar[Mapping[str, Any]] = {}
 
     @abstractmethod
     def load_index(self, root: Path, **options: Any) -> pd.DataFrame:
         """The standard index of the dataset at `root` (see the module docstring)."""
 
 
-SITES: Registry[type[Site]] = Registry("site")
+SITES: PluginRegistry[type[Site]] = PluginRegistry("site", "bench.data.sites", "register_site", base_names=("Site",))
 
 
 def register_site(cls: type[Site]) -> type[Site]:
     return SITES.register(cls.name)(cls)
 
 
-_BUILTIN = ("nih", "chexpert", "oct", "padchest", "vindr", "mimic", "covidx", "imagenet", "irma", "generic")
-
-
-def _load_builtin() -> None:
-    for mod in _BUILTIN:
-        try:
-            importlib.import_module(f"{__name__}.{mod}")
-        except ModuleNotFoundError as exc:  # only tolerate the module itself being absent
-            if exc.name != f"{__name__}.{mod}":
-                raise
-
-
 def get_site(name: str) -> Site:
-    _load_builtin()
     return SITES.get(name)()
 
 
 def list_sites() -> list[str]:
-    _load_builtin()
     return SITES.names()
+
+
+def site_options_model(name: str) -> type:
+    """A model of the site's options (names and defaults, from its `option_defaults`)."""
+    defaults = SITES.info(name).attr("option_defaults", {}) or {}
+    return names_options(f"{name}_site_options", defaults)
 
 
 def check_index(df: pd.DataFrame, site: str) -> pd.DataFrame:

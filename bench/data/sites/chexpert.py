@@ -135,6 +135,7 @@ class CheXpertSite(Site):
     name = "chexpert"
     labels = CHEXPERT_LABELS
     description = "CheXpert v1.0 (small/full): train.csv, valid.csv (hand labels), test_labels.csv"
+    option_defaults = DEFAULTS  # the options `load_index` takes (checked at plan time)
 
     def load_index(self, root: Path, **options: Any) -> pd.DataFrame:
         opts = check_options(self.name, options, DEFAULTS)

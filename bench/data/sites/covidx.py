@@ -107,6 +107,7 @@ class CovidxSite(Site):
     name = "covidx"
     labels = COVIDX_CLASSES
     description = "COVIDx CT (Kaggle layout: <ver>_images/ + {train,val,test}_COVIDx_CT-<ver>.txt)"
+    option_defaults = DEFAULTS  # the options `load_index` takes (checked at plan time)
 
     def _rows(self, root: Path, opts: dict[str, Any]) -> tuple[pd.DataFrame, Path]:
         root = require_dir(self.name, root)

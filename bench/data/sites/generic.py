@@ -322,6 +322,7 @@ class GenericSite(Site):
     name = "generic"
     labels = ()
     description = "any PNG/JPEG/DICOM folder + optional labels CSV (multi-label or multi-class)"
+    option_defaults = GENERIC_DEFAULTS  # the options `load_index` takes (checked at plan time)
 
     def load_index(self, root: Path, **options: Any) -> pd.DataFrame:
         opts = check_options(self.name, options, GENERIC_DEFAULTS)

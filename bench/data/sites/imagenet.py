@@ -56,6 +56,7 @@ class ImageNetSite(Site):
     name = "imagenet"
     labels = ()
     description = "ImageNet ILSVRC2012 train/<wnid>/*.JPEG (+ val folders or Kaggle LOC_val_solution.csv)"
+    option_defaults = DEFAULTS  # the options `load_index` takes (checked at plan time)
 
     def load_index(self, root: Path, **options: Any) -> pd.DataFrame:
         opts = check_options(self.name, options, DEFAULTS)

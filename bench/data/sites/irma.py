@@ -82,6 +82,7 @@ class IrmaSite(Site):
     name = "irma"
     labels = tuple(BODY_REGIONS.values())
     description = "IRMA ImageCLEFmed2009 (codes CSV ';' + PNG folder), multi-class by body region or code"
+    option_defaults = DEFAULTS  # the options `load_index` takes (checked at plan time)
 
     def load_index(self, root: Path, **options: Any) -> pd.DataFrame:
         opts = check_options(self.name, options, DEFAULTS)

@@ -77,6 +77,7 @@ class MIMICSite(Site):
     name = "mimic"
     labels = CHEXPERT_LABELS
     description = "MIMIC-CXR-JPG 2.0.0 (metadata + split + chexpert/negbio CSVs, files/pXX/...)"
+    option_defaults = DEFAULTS  # the options `load_index` takes (checked at plan time)
 
     def load_index(self, root: Path, **options: Any) -> pd.DataFrame:
         opts = check_options(self.name, options, DEFAULTS)

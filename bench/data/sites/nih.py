@@ -125,6 +125,7 @@ class NIHSite(Site):
     name = "nih"
     labels = NIH14
     description = "NIH ChestX-ray14 (official Box or Kaggle layout, Data_Entry CSV + split lists)"
+    option_defaults = DEFAULTS  # the options `load_index` takes (checked at plan time)
 
     def load_index(self, root: Path, **options: Any) -> pd.DataFrame:
         opts = check_options(self.name, options, DEFAULTS)

@@ -62,6 +62,7 @@ class OCTSite(Site):
     name = "oct"
     labels = OCT_CLASSES
     description = "Kermany OCT2017 (Mendeley or Kaggle 'OCT2017 ' layout), 4 classes by folder"
+    option_defaults = DEFAULTS  # the options `load_index` takes (checked at plan time)
 
     def load_index(self, root: Path, **options: Any) -> pd.DataFrame:
         opts = check_options(self.name, options, DEFAULTS)

@@ -312,6 +312,7 @@ class PadChest(Site):
     name: ClassVar[str] = "padchest"
     labels: ClassVar[tuple[str, ...]] = NIH14
     description: ClassVar[str] = "PadChest 160K (BIMCV): labels CSV + 16-bit PNGs in ImageDir folders"
+    option_defaults = dict.fromkeys(_OPTIONS)  # the options `load_index` takes (checked at plan time)
     # Keyword arguments for `bench.data.io.read_image` that suit this site's files: the
     # PNGs hold 10/12-bit values in 16-bit containers, so dividing by 65535 (the
     # default) leaves images at <= 6 % brightness; "bits" scales by the stored depth.

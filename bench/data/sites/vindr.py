@@ -146,6 +146,7 @@ class VinDrSite(Site):
     name: ClassVar[str] = "vindr"
     labels: ClassVar[tuple[str, ...]] = LABELS
     description: ClassVar[str] = "VinDr-CXR (PhysioNet): DICOMs + image_labels_{train,test}.csv"
+    option_defaults = DEFAULTS  # the options `load_index` takes (checked at plan time)
 
     def load_index(self, root: Path, **options: Any) -> pd.DataFrame:
         """Options: splits (("train", "test")), aggregation ("majority" | "any"),
