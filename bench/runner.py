@@ -202,9 +202,25 @@ def write_reports(plan: Plan, store: Store, out_dir: Path, tracker: Tracker | No
     missing = len(plan.cells) - len(manifest)
     if missing:
         log.warning("reports cover %d of %d result cells (%d not finished)", len(manifest), len(plan.cells), missing)
+    warn_degenerate(manifest)
     if tracker and run_id:
         tracker.artifact(run_id, out_dir, "reports")
     return files
+
+
+def warn_degenerate(manifest: pd.DataFrame) -> list[Any]:
+    """Warn about report cells at chance or without seed spread, naming their stages.
+
+    Why: a broken stage (a probe that learns nothing) and a hard task look the same in a
+    table; the warning points at the stages to inspect. The tables mark the same cells.
+    """
+    from reports import degenerate_cells
+
+    cells = degenerate_cells(manifest)
+    for c in cells:
+        log.warning("degenerate result: experiment %s, column %s: %s; evaluate stages %s (fine-tunes %s)",
+                    c.experiment, c.column, c.reason, ", ".join(c.stage_keys), ", ".join(c.finetune_keys))
+    return cells
 
 
 def preflight(plan: Plan, store: Store) -> None:
