@@ -15,11 +15,13 @@ The data-parallel contract (see `bench.train.loop.fit` and `bench.train.data`):
   are written by rank 0 only and read by every rank;
 * per-sample randomness is drawn for the global batch on every rank and sliced
   (`ssl_methods.shard`), so a 2-process run reproduces a 1-process run to float
-  rounding (tests/bench/train/test_distributed.py) for MAE and SimMIM. Not covered, so
-  equal only in distribution: timm's stochastic depth (drop_path_rate > 0: its masks are
-  drawn per rank), the photometric augmentations of DINO/MoCo v3/SiT/GMML, GMML's
-  partner images (chosen within a rank's share), and BatchNorm statistics on CPU (per
-  rank; GPUs use SyncBatchNorm, see `wrap`).
+  rounding (tests/bench/train/test_distributed.py) for MAE and SimMIM, stochastic depth
+  included (`ssl_methods.shard.split_invariant_drop_path`). Not covered, so equal only
+  in distribution: the photometric augmentations of DINO/MoCo v3/SiT/GMML, draws over
+  concatenated views (DINO's multi-crop student pass), GMML's partner images (chosen
+  within a rank's share), MAE's loss under DBB (normalised by each rank's count of
+  masked real tokens), and BatchNorm statistics on CPU (per rank; GPUs use
+  SyncBatchNorm, see `wrap`).
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ Outside `sample_rows` (one process, or code that never enters it) every helper i
 plain torch draw, so single-process results are bit-identical to calling torch directly.
 A draw whose leading size is not the rank's batch (e.g. views concatenated along the
 batch) also falls back to the plain draw: correct, but not split-invariant.
+`split_invariant_drop_path` does the same for timm's stochastic depth.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 import torch
+from timm.layers import DropPath
 from torch import Tensor
 
 # (offset, local, total) of the batch being processed, or None outside `sample_rows`
@@ -61,3 +63,44 @@ def uniform(b: int, low: float, high: float, *shape: int, device: torch.device |
     if g is None:
         return torch.empty(b, *shape, device=device).uniform_(low, high)
     return torch.empty(g[0], *shape, device=device).uniform_(low, high)[g[1]]
+
+
+def drop_path(x: Tensor, drop_prob: float, training: bool, scale_by_keep: bool = True) -> Tensor:
+    """timm's `drop_path` (stochastic depth) with its per-sample keep mask drawn split-invariantly.
+
+    Outside `sample_rows` (or for a batch that is not the rank's share) this is timm's
+    function call for call: the same `bernoulli_` draw on the same generator.
+    """
+    if drop_prob == 0.0 or not training:
+        return x
+    keep = 1 - drop_prob
+    tail = (1,) * (x.ndim - 1)
+    g = _global(x.shape[0])
+    if g is None:
+        mask = x.new_empty((x.shape[0], *tail)).bernoulli_(keep)
+    else:
+        mask = x.new_empty((g[0], *tail)).bernoulli_(keep)[g[1]]
+    if keep > 0.0 and scale_by_keep:
+        mask.div_(keep)
+    return x * mask
+
+
+def split_invariant_drop_path(module: torch.nn.Module) -> int:
+    """Make every timm `DropPath` inside `module` draw through `drop_path` above; returns how many.
+
+    The modules keep their class's state (drop_prob, scale_by_keep) and only change how
+    the mask is drawn, so single-process training is unchanged bit for bit.
+    """
+    n = 0
+    for m in module.modules():
+        if type(m) is DropPath:
+            m.__class__ = SplitInvariantDropPath
+            n += 1
+    return n
+
+
+class SplitInvariantDropPath(DropPath):
+    """timm's DropPath drawing its mask with `drop_path` (split-invariant under `sample_rows`)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return drop_path(x, self.drop_prob, self.training, self.scale_by_keep)

@@ -65,7 +65,9 @@ WORKER = textwrap.dedent(
 
     def make(method, **opts):
         torch.manual_seed(0)
-        return ssl_methods.create(method, backbone="vit_tiny_demo", img_size=32, in_chans=1, **opts)
+        m = ssl_methods.create(method, backbone="vit_tiny_demo", img_size=32, in_chans=1, **opts)
+        shard.split_invariant_drop_path(m)  # as the pre-training stage does
+        return m
 
     def train(method_name, ckpt, stop=None, epochs=2, poison=None, request_at=None, **opts):
         method = make(method_name, **opts)
@@ -95,8 +97,8 @@ WORKER = textwrap.dedent(
     tag = f"w{world}"
     if "equiv" in phases:
         result["mae"] = train("mae", out / f"mae-{tag}.pt")
-        # no stochastic depth: timm draws its drop-path masks per rank (see bench.distributed)
-        result["simmim"] = train("simmim", out / f"simmim-{tag}.pt", mask_patch_size=16, drop_path_rate=0.0)
+        # SimMIM's default stochastic depth (0.1) included: its masks are split-invariant too
+        result["simmim"] = train("simmim", out / f"simmim-{tag}.pt", mask_patch_size=16)
     if "resume" in phases:
         train("mae", out / f"resume-{tag}.pt", stop=3)
         result["mae_resumed"] = train("mae", out / f"resume-{tag}.pt")
@@ -170,13 +172,21 @@ def _launch(data: Path, out: Path, world: int, phases: str) -> list[subprocess.P
     return procs
 
 
-def _wait(procs: list[subprocess.Popen[str]]) -> None:
+def _wait(procs: list[subprocess.Popen[str]], timeout: float = 600) -> None:
+    """Wait for every process; on a timeout (a hang in a collective) kill them all and show their output."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    outs = []
     try:
-        outs = [p.communicate(timeout=240)[0] for p in procs]
-    finally:
+        for p in procs:
+            outs.append(p.communicate(timeout=max(1.0, deadline - time.monotonic()))[0])
+    except subprocess.TimeoutExpired:
         for p in procs:
             if p.poll() is None:
                 p.kill()
+        logs = [p.communicate()[0][-2000:] for p in procs]
+        pytest.fail(f"workers did not finish within {timeout:.0f} s:\n" + "\n---\n".join(logs))
     for p, o in zip(procs, outs):
         assert p.returncode == 0, o[-4000:]
 
@@ -238,7 +248,7 @@ def _results_init(method: str) -> dict[str, torch.Tensor]:
     import ssl_methods
 
     torch.manual_seed(0)
-    opts = {"mask_patch_size": 16, "drop_path_rate": 0.0} if method == "simmim" else {}
+    opts = {"mask_patch_size": 16} if method == "simmim" else {}
     m = ssl_methods.create(method, backbone="vit_tiny_demo", img_size=32, in_chans=1, **opts)
     return {k: v.detach().clone() for k, v in m.state_dict().items()}
 
