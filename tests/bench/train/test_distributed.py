@@ -29,16 +29,17 @@ REPO = Path(__file__).resolve().parents[3]
 
 # Tolerances of the 1- vs 2-process comparison after 4 AdamW steps (lr 1e-3), measured
 # on x86 CPU with one thread per process (max |w1 - w2|):
-# * all weights except attention key biases: 5.1e-7 (MAE), the same order for SimMIM.
-#   Float32 rounding: DDP averages two half-batch gradients, summed in another order
-#   than one full-batch backward (relative gradient difference ~5e-7). TOL = 5e-6 gives
-#   a 10x margin for other CPUs/BLAS builds and is 200x below one step's weight change,
-#   so a sharding or randomness bug (one sample with another mask or crop) fails.
-# * attention key biases (the middle third of `qkv.bias`): 4.1e-5. Their exact gradient
-#   is zero (softmax ignores a shift shared by all keys), so they move only by AdamW
-#   normalising float rounding noise to lr-sized steps, which differs between the runs.
-#   TOL_KEY_BIAS = 1e-4 (2.5x the measurement) only bounds that noise.
-TOL = 5e-6
+# * all weights except attention key biases: 5.1e-7 (MAE), 1.1e-6 (SimMIM, with its
+#   default stochastic depth 0.1). Float32 rounding: DDP averages two half-batch
+#   gradients, summed in another order than one full-batch backward (relative gradient
+#   difference ~5e-7). TOL = 1e-5 leaves a 9x margin for other CPUs/BLAS builds and is
+#   100x below one step's weight change, so a sharding or randomness bug (one sample
+#   with another mask, crop or drop-path draw) fails.
+# * attention key biases (the middle third of `qkv.bias`): 4.1e-5 (MAE), 3.2e-6 (SimMIM).
+#   Their exact gradient is zero (softmax ignores a shift shared by all keys), so they
+#   move only by AdamW normalising float rounding noise to lr-sized steps, which differs
+#   between the runs. TOL_KEY_BIAS = 1e-4 (2.5x the measurement) only bounds that noise.
+TOL = 1e-5
 TOL_KEY_BIAS = 1e-4
 
 WORKER = textwrap.dedent(
