@@ -333,9 +333,10 @@ class Experiment(_Strict):
         for runs shorter than the reference); an explicit matrix value always wins. The filled
         values are part of the stage config and so of its key."""
         p = self.pretrain
-        if p.method in NON_SSL_METHODS:
-            return self
         import ssl_methods
+
+        if p.method in NON_SSL_METHODS or not ssl_methods.info(p.method).attr("recipes"):
+            return self  # no published recipe (supervised, a new method): the matrix defaults apply
         from ssl_methods.recipe import STAGE_FIELDS
 
         values = ssl_methods.recipe(p.method, self.backbone).stage_defaults(p.epochs, p.batch_size)

@@ -19,12 +19,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import nn
 
 from bench import distributed
 from bench.data.labels import label_set
 from bench.train.data import BinnedBatches, ImageBatches, load_index, open_cache, seeded_subset, site_read_options, source_kwargs
-from bench.train.loop import OptimCfg, default_param_groups, fit
+from bench.train.loop import OptimCfg, fit
+from ssl_methods.supervised import masked_bce  # noqa: F401 - the fine-tune stage's loss too
 
 if TYPE_CHECKING:
     from bench.env import StageEnv
@@ -38,37 +38,6 @@ def resolve_init(init: str) -> str:
     return init[len("file:") :] if init.startswith("file:") else init
 
 
-class SupervisedPretrainer(nn.Module):
-    """Label-driven pre-training (Krones exp. 2.3/2.4): masked multi-label BCE on a site's labels."""
-
-    def __init__(self, backbone: str, init: str, in_chans: int, img_size: int, n_classes: int) -> None:
-        super().__init__()
-        import backbones
-
-        self.model = backbones.create(backbone, init=init, in_chans=in_chans, num_classes=n_classes, img_size=img_size)
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        return masked_bce(self.model(x), y), {}
-
-    def encoder_state_dict(self) -> dict[str, torch.Tensor]:
-        head = {f"{n}" for n, _ in _head_params(self.model)}
-        return {k: v.detach().clone() for k, v in self.model.state_dict().items() if k not in head}
-
-
-def _head_params(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
-    clf = model.get_classifier()
-    names = {id(p): n for n, p in model.named_parameters()}
-    return [(names[id(p)], p) for p in clf.parameters()]
-
-
-def masked_bce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean BCE over the known labels only (NaN = unknown, e.g. CheXpert U-Ignore)."""
-    known = ~torch.isnan(y)
-    if not known.any():
-        return logits.sum() * 0.0
-    return nn.functional.binary_cross_entropy_with_logits(logits[known], y[known])
-
-
 def run_pretrain(stage: "Stage", store: "Store", logger: "StageLogger", env: "StageEnv") -> tuple[list[str], dict[str, Any]]:
     import ssl_methods
     from ssl_methods import shard
@@ -79,47 +48,42 @@ def run_pretrain(stage: "Stage", store: "Store", logger: "StageLogger", env: "St
     index = load_index(site, stage.paths[site], p["site_options"], p["splits"])
     seed = 0
     index = seeded_subset(index, p["subset"], seed)
-    supervised = p["method"] == "supervised"
-    classes = label_set(p["classes"]) if supervised else None
+    # a method that trains on labels (`supervised`) gets labelled batches of `pretrain.classes`
+    needs_labels = bool(ssl_methods.METHODS.get(p["method"]).needs_labels)
+    classes = label_set(p["classes"]) if needs_labels else None
     logger.text(f"pre-training {p['method']} on {site}: {len(index)} images, backbone {cfg['backbone']}")
     init = resolve_init(cfg["init"])
     # weights are initialised from a fixed seed: the same stage gives the same encoder in any process
     torch.manual_seed(seed)
     dbb = p["batching"]["mode"] == "dbb"
-    if dbb and supervised:
-        raise ValueError("batching: dbb is for self-supervised pre-training; supervised uses fixed-size batches")
-    if supervised:
-        assert classes is not None
-        method: nn.Module = SupervisedPretrainer(cfg["backbone"], init, cfg["in_chans"], cfg["image_size"], len(classes))
-        groups = default_param_groups(method, p["weight_decay"])
+    if dbb and needs_labels:
+        raise ValueError(f"batching: dbb is for self-supervised pre-training; {p['method']!r} uses fixed-size labelled batches")
+    method = ssl_methods.create(
+        p["method"],
+        backbone=cfg["backbone"],
+        img_size=cfg["image_size"],
+        in_chans=cfg["in_chans"],
+        init=init,
+        epochs=p["epochs"],  # for schedules the references count in epochs (DINO's last-layer freeze)
+        **({"num_classes": len(classes)} if classes is not None else {}),
+        **p["options"],
+    )
+    groups = method.param_groups(p["weight_decay"])
+    shard.split_invariant_drop_path(method)  # stochastic depth too: same masks per sample on any world size
 
-        def step_fn(x: torch.Tensor, y: torch.Tensor | None, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
-            assert y is not None
-            return engine(x, y)
-
-    else:
-        method = ssl_methods.create(
-            p["method"],
-            backbone=cfg["backbone"],
-            img_size=cfg["image_size"],
-            in_chans=cfg["in_chans"],
-            init=init,
-            epochs=p["epochs"],  # for schedules the references count in epochs (DINO's last-layer freeze)
-            **p["options"],
-        )
-        groups = method.param_groups(p["weight_decay"])
-
-        def step_fn(x: torch.Tensor, y: torch.Tensor | None, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
-            # this rank holds rows [rank * b, (rank + 1) * b) of the global batch: per-sample
-            # draws (masks, crops) are made for the global batch and sliced, whatever the world size
-            b = x.shape[0]
-            with shard.sample_rows(env.rank * b, b, b * env.world_size):
-                # with DBB the batch's second element is the (B, L) valid-token mask of the padded batch
-                return engine(x, valid=y) if dbb else engine(x)
+    def step_fn(x: torch.Tensor, y: torch.Tensor | None, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        # this rank holds rows [rank * b, (rank + 1) * b) of the global batch: per-sample
+        # draws (masks, crops) are made for the global batch and sliced, whatever the world size
+        b = x.shape[0]
+        with shard.sample_rows(env.rank * b, b, b * env.world_size):
+            if needs_labels:
+                return engine(x, labels=y)
+            # with DBB the batch's second element is the (B, L) valid-token mask of the padded batch
+            return engine(x, valid=y) if dbb else engine(x)
 
     if dbb:
         b = p["batching"]
-        patch = int(b["patch"] or getattr(method, "patch", 0))
+        patch = int(b["patch"] or method.patch or 0)
         if not patch:
             raise ValueError(f"batching: dbb needs a patch size; method {p['method']!r} exposes none, set pretrain.batching.patch")
         batches: ImageBatches | BinnedBatches = BinnedBatches(
@@ -172,7 +136,7 @@ def run_pretrain(stage: "Stage", store: "Store", logger: "StageLogger", env: "St
     method.to(device)
     engine = distributed.wrap(method, device)  # DDP when world_size > 1; the forward must go through it
 
-    after = getattr(method, "after_step", None)
+    after = method.after_step
     optim = OptimCfg(
         epochs=p["epochs"],
         lr=p["lr"],
