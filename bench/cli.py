@@ -554,6 +554,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # `kill`/SLURM send SIGTERM: treat it like Ctrl-C so running jobs are cancelled and marked interrupted
     signal.signal(signal.SIGTERM, _terminate)
+    if hasattr(signal, "SIGHUP"):  # a closed terminal stops `bench` in the same orderly way
+        signal.signal(signal.SIGHUP, _terminate)
     try:
         return fn(args)
     except (MatrixError, DataError, StoreError, CLIError) as exc:
