@@ -45,9 +45,15 @@ log = logging.getLogger(__name__)
 
 MARKER = ".synthetic_complete.json"
 DEFAULT_SITES: tuple[str, ...] = ("nih", "chexpert", "oct")
-KNOWN_SITES: tuple[str, ...] = (
-    "nih", "chexpert", "oct", "mimic", "covidx", "imagenet", "irma", "generic", "padchest", "vindr",
-)  # fmt: skip
+
+
+def known_sites() -> tuple[str, ...]:
+    """Sites with a synthetic writer: a module of this package named after a registered site
+    (found, not listed: adding a writer is adding its module)."""
+    from bench.data.sites import list_sites
+
+    here = Path(__file__).parent
+    return tuple(s for s in list_sites() if (here / f"{s}.py").is_file())
 
 
 def _version(site: str) -> int:
@@ -60,7 +66,7 @@ def _writer(site: str) -> Callable[..., dict[str, int]]:
         module = importlib.import_module(f"{__name__}.{site}")
     except ModuleNotFoundError as exc:
         if exc.name == f"{__name__}.{site}":
-            raise DataError(f"no synthetic writer for site {site!r}; known: {', '.join(KNOWN_SITES)}") from None
+            raise DataError(f"no synthetic writer for site {site!r}; known: {', '.join(known_sites())}") from None
         raise
     write = getattr(module, "write", None)
     if write is None:
