@@ -193,7 +193,8 @@ def _plugins_in(path: Path, module: str, decorator: str, base_names: tuple[str, 
             found.append((node, key))
     if not found:
         return []
-    ns = static_namespace(path, module, allowed)
+    # class attributes need the module's import-free part; a decorated function needs only its docstring
+    ns = static_namespace(path, module, allowed) if any(isinstance(n, ast.ClassDef) for n, _ in found) else {}
     out = []
     for node, key in found:
         attrs: dict[str, Any] = {}
