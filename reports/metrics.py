@@ -11,26 +11,23 @@ Array conventions shared by every metric module in `reports/`:
   entries are dropped *per class*, never per image.
 * `y_score`: float array, same shape, the model's probability for each class.
 
-Other modules (`thresholds`, `calibration`, `referral`, `multiclass`, `baselines`)
-register their metrics here; `get(name)` imports them on first use.
+Any module of `reports/` registers metrics with `@register_metric("name")`; the registry
+finds them in the sources (`bench.registry.PluginRegistry`, no list to keep), so
+`bench list metrics` imports none of them, and `get(name)` imports a metric's module on
+first use.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import Any, Callable
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
-from bench.registry import Registry
+from bench.registry import PluginRegistry
 
 MetricFn = Callable[..., Any]
 
-METRICS: Registry[MetricFn] = Registry("metric")
-
-# Modules that register metrics; loaded lazily so `reports.metrics` itself stays light.
-_BUILTIN = ("thresholds", "calibration", "referral", "multiclass", "baselines")
+METRICS: PluginRegistry[MetricFn] = PluginRegistry("metric", "reports", "register_metric")
 
 
 def register_metric(name: str) -> Callable[[MetricFn], MetricFn]:
@@ -38,19 +35,12 @@ def register_metric(name: str) -> Callable[[MetricFn], MetricFn]:
     return METRICS.register(name)
 
 
-def _load_builtin() -> None:
-    for mod in _BUILTIN:
-        importlib.import_module(f"reports.{mod}")
-
-
 def get(name: str) -> MetricFn:
     """Look a metric up by name; unknown names raise a KeyError listing all metrics."""
-    _load_builtin()
     return METRICS.get(name)
 
 
 def list_metrics() -> list[str]:
-    _load_builtin()
     return METRICS.names()
 
 
@@ -84,6 +74,8 @@ def auc_per_class(y_true: Any, y_score: Any) -> np.ndarray:
     labels are all one value has no defined AUC and gets NaN (the Krones code writes
     0 there and then skips it; NaN says the same thing without a magic number).
     """
+    from sklearn.metrics import roc_auc_score  # here, so `bench list metrics` does not load scikit-learn
+
     t, s = as_label_matrix(y_true, y_score)
     out = np.full(t.shape[1], np.nan)
     for c in range(t.shape[1]):

@@ -36,6 +36,7 @@ def _list_in_subprocess(*args: str) -> tuple[list[str], list[str]]:
         ("backbones", {"vit_tiny_demo", "vit_small", "resnet50", "swin_base"}),
         ("sites", {"nih", "chexpert", "mimic", "padchest", "vindr", "generic"}),
         ("label-sets", {"nih14", "harmonised5"}),
+        ("metrics", {"mean_auc", "auc_per_class", "oracle_auc", "ece", "balanced_top1_accuracy"}),
     ],
 )
 def test_list_prints_names_with_descriptions_without_torch(family: str, expected: set[str]) -> None:
