@@ -164,7 +164,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     print(describe(plan, done))
     from bench.summary import summary_table
 
-    print("\n" + summary_table(plan, {k: "done" if k in done else store.status(k).get("state", "pending") for k in plan.stages}))
+    gpu = args.gpu if args.gpu in __import__("bench.execute.estimate", fromlist=["x"]).GPU_PEAK_TFLOPS else "a100"
+    print("\n" + summary_table(plan, {k: "done" if k in done else store.status(k).get("state", "pending") for k in plan.stages}, gpu=gpu))
     if args.executor == "slurm":
         from bench.execute.plan_report import describe_cluster_plan
 
