@@ -44,6 +44,8 @@ class JobContext:
     parent_run_id: str | None = None
     run_tags: dict[str, str] = field(default_factory=dict)  # added to every stage run (matrix name, ...)
     stage_tags: dict[str, dict[str, str]] = field(default_factory=dict)  # per stage key: experiment ids, axes
+    # per evaluate stage key: report column -> its classes, so the run logs what the tables report
+    eval_columns: dict[str, dict[str, list[str]]] = field(default_factory=dict)
     wait_for_holder: bool = True  # a stage held by another process: wait (True) or skip it
     wait_poll_s: float = 2.0
 
@@ -146,6 +148,7 @@ def execute_stage(stage_json: dict[str, Any], ctx: JobContext) -> dict[str, Any]
                 store.mark_done(stage.key, outputs, mlflow_run_id=run_id, summary=summary)
                 if tracker is not None and run_id:
                     final = {f"final.{k}": v for k, v in summary.items() if isinstance(v, (int, float))}
+                    final.update(column_metrics(summary, ctx.eval_columns.get(stage.key, {})))
                     tracker.metrics(run_id, final, step=0)
                     tracker.artifact(run_id, store.path(stage.key, "log.txt"))
                     tracker.end(run_id, "FINISHED")
@@ -176,6 +179,18 @@ def execute_stage(stage_json: dict[str, Any], ctx: JobContext) -> dict[str, Any]
         if claim is not None:
             claim.release()
         distributed.teardown()
+
+
+def column_metrics(summary: dict[str, Any], columns: dict[str, list[str]]) -> dict[str, float]:
+    """Mean AUC of each report column's classes (what Table 2 shows), from per-class AUCs."""
+    import math
+
+    out: dict[str, float] = {}
+    for column, classes in columns.items():
+        vals = [float(summary[f"auc.{c}"]) for c in classes if isinstance(summary.get(f"auc.{c}"), (int, float)) and not math.isnan(summary[f"auc.{c}"])]
+        if vals:
+            out[f"mean_auc.{column}"] = sum(vals) / len(vals)
+    return out
 
 
 def _sigusr2() -> int | None:

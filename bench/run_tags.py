@@ -63,3 +63,16 @@ def run_name(kind: str, tags: dict[str, str], ids: list[str]) -> str:
     if kind == "finetune":
         return name + f" · finetune {site_name(tags.get('finetune_dataset'))}"
     return name + f" · eval {site_name(tags.get('site'))} {tags.get('split')}"
+
+
+def eval_columns(plan: Plan) -> dict[str, dict[str, list[str]]]:
+    """Per evaluate stage: each report column it serves -> the classes that column averages."""
+    from bench.data.labels import resolve_classes
+
+    out: dict[str, dict[str, list[str]]] = defaultdict(dict)
+    for c in plan.cells:
+        try:
+            out[c.evaluate_key][c.target.column] = list(resolve_classes(c.target.classes, c.target.site))
+        except Exception:  # a site's own label list may need its data; the per-class AUCs are still logged
+            continue
+    return dict(out)

@@ -20,7 +20,7 @@ from bench.data.labels import resolve_classes
 from bench.env import StageEnv, checkpoint_seconds_default
 from bench.execute import RunSummary, make_executor
 from bench.job import JobContext
-from bench.run_tags import stage_tags
+from bench.run_tags import eval_columns, stage_tags
 from bench.matrix import Matrix
 from bench.plan import Plan, build_plan
 from bench.store import Store
@@ -289,6 +289,7 @@ def run_matrix(matrix: Matrix, opts: RunOptions) -> tuple[RunSummary, Plan, list
         experiment=matrix.name,
         run_tags={"matrix": matrix.name},
         stage_tags=stage_tags(plan),
+        eval_columns=eval_columns(plan),
     )
     started = time.time()
     executor = make_executor(

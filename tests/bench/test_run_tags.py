@@ -42,3 +42,24 @@ def test_tags_and_names(tmp_path: Path) -> None:
     nih = next(t for t in ev if t["site"] == "nih")
     assert nih["columns"] == "NIH 14, NIH 5"  # one evaluate stage serves both report columns
     assert {t["run_name"] for t in ev} == {"3.2 · SimMIM→ChestX-ray14 · seed 1 · eval ChestX-ray14 test", "3.2 · SimMIM→ChestX-ray14 · seed 1 · eval CheXpert val"}
+
+
+def test_column_metrics_average_each_columns_classes(tmp_path: Path) -> None:
+    from bench.job import column_metrics
+    from bench.run_tags import eval_columns
+
+    p = tmp_path / "tags.yaml"
+    p.write_text(textwrap.dedent(M))
+    plan = build_plan(load_matrix(p))
+    cols = eval_columns(plan)
+    nih_key = next(c.evaluate_key for c in plan.cells if c.target.column == "NIH 5")
+    assert set(cols[nih_key]) == {"NIH 14", "NIH 5"} and len(cols[nih_key]["NIH 14"]) == 14
+    summary = {f"auc.{c}": 0.5 for c in cols[nih_key]["NIH 14"]}
+    for c in cols[nih_key]["NIH 5"]:
+        summary[f"auc.{c}"] = 1.0
+    summary[f"auc.{cols[nih_key]['NIH 14'][-1]}"] = float("nan")  # a class without positives is left out
+    m = column_metrics(summary, cols[nih_key])
+    assert m["mean_auc.NIH 5"] == 1.0
+    five = set(cols[nih_key]["NIH 5"])
+    rest = [c for c in cols[nih_key]["NIH 14"][:-1]]
+    assert abs(m["mean_auc.NIH 14"] - sum(1.0 if c in five else 0.5 for c in rest) / len(rest)) < 1e-12
