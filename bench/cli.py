@@ -548,6 +548,8 @@ def main(argv: list[str] | None = None) -> int:
     from bench.matrix import MatrixError
     from bench.store import StoreError
 
+    from bench.registry import UnknownNameError
+
     fn: Callable[[argparse.Namespace], int] = args.fn
 
     def _terminate(signum: int, frame: object) -> None:
@@ -562,8 +564,8 @@ def main(argv: list[str] | None = None) -> int:
     except (MatrixError, DataError, StoreError, CLIError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyError as exc:  # unknown registry names outside matrix validation
-        print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+    except UnknownNameError as exc:  # a registry name the user gave; any other KeyError is a bug (traceback, exit 1)
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

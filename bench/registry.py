@@ -35,6 +35,17 @@ from typing import Any, Callable, Generic, Iterable, Iterator, Mapping, TypeVar
 T = TypeVar("T")
 
 
+
+class UnknownNameError(KeyError):
+    """A name a user gave (backbone, method, site, metric) that no registry knows.
+
+    A KeyError subclass for compatibility; the CLI maps only this (not every KeyError,
+    which would hide bugs) to "bad input", exit 2.
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "unknown name"
+
 class Registry(Generic[T]):
     def __init__(self, family: str) -> None:
         self.family = family
@@ -54,7 +65,7 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except KeyError:
-            raise KeyError(self._unknown(name)) from None
+            raise UnknownNameError(self._unknown(name)) from None
 
     def _unknown(self, name: str) -> str:
         return f"unknown {self.family} {name!r}; registered: {', '.join(self.names()) or '(none)'}"
@@ -280,13 +291,13 @@ class PluginRegistry(Registry[T]):
             desc = attrs.get("description") if isinstance(attrs.get("description"), str) else ""
             return PluginInfo(name, getattr(obj, "__module__", ""), getattr(obj, "__qualname__", name),
                               desc or _first_line(obj.__doc__), attrs, loader=lambda: obj)
-        raise KeyError(self._unknown(name))
+        raise UnknownNameError(self._unknown(name))
 
     def get(self, name: str) -> T:
         if name not in self._entries:
             found = self.scan()
             if name not in found:
-                raise KeyError(self._unknown(name))
+                raise UnknownNameError(self._unknown(name))
             importlib.import_module(found[name].module)
             if name not in self._entries:
                 raise KeyError(f"{self.family} {name!r}: module {found[name].module} did not register it")

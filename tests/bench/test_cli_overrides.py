@@ -73,3 +73,22 @@ def test_stage_labels_are_distinct_in_every_paper_matrix() -> None:
         labels = [s.label for s in plan.ordered()]
         dup = {x for x in labels if labels.count(x) > 1}
         assert not dup, (f.name, sorted(dup)[:3])
+
+
+def test_only_input_errors_exit_2_a_bug_keeps_its_traceback(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import bench.cli as cli
+
+    def buggy(args: object) -> int:
+        return {}["missing"]  # a programming error, not bad input
+
+    monkeypatch.setattr(cli, "cmd_plan", buggy)
+    with pytest.raises(KeyError):
+        main(["plan", str(ROOT / "matrix" / "demo.yaml")])
+    from bench.registry import UnknownNameError
+
+    def unknown(args: object) -> int:
+        raise UnknownNameError("site 'nope' is not one of nih, chexpert")
+
+    monkeypatch.setattr(cli, "cmd_plan", unknown)
+    assert main(["plan", str(ROOT / "matrix" / "demo.yaml")]) == 2
+    assert "site 'nope'" in capsys.readouterr().err
