@@ -83,16 +83,6 @@ class Plan:
     def counts(self) -> Counter[str]:
         return Counter(s.kind for s in self.stages.values())
 
-    def downstream(self, key: str) -> set[str]:
-        out: set[str] = set()
-        frontier = [key]
-        while frontier:
-            k = frontier.pop()
-            for s in self.stages.values():
-                if k in s.upstream and s.key not in out:
-                    out.add(s.key)
-                    frontier.append(s.key)
-        return out
 
 
 def resolve_site_root(matrix: Matrix, site: str) -> str:
