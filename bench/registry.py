@@ -223,6 +223,9 @@ def _plugins_in(path: Path, module: str, decorator: str, base_names: tuple[str, 
                 if target is None or value is None:
                     continue
                 try:
+                    # Trust boundary: `value` comes from a module inside the project's own plugin
+                    # package (found by globbing that package's folder), i.e. code that `get()`
+                    # would import and run anyway; no matrix or other user input reaches here.
                     attrs[target] = eval(compile(ast.Expression(value), str(path), "eval"), ns)  # noqa: S307
                 except Exception:  # noqa: BLE001 - needs the imported module
                     failed.add(target)
@@ -334,7 +337,11 @@ def function_parameters(module: str, qualname: str) -> list[str]:
 
 
 def _resolve(annotation: str | None, ns: Mapping[str, Any]) -> Any:
-    """A type annotation string evaluated in `ns` (+ typing); `Any` when it names something unknown."""
+    """A type annotation string evaluated in `ns` (+ typing); `Any` when it names something unknown.
+
+    The string is an annotation from a plugin module's own source (same trust as importing
+    that module); user input (matrix values) is validated by the resolved type, never evaluated.
+    """
     if annotation is None:
         return Any
     try:
