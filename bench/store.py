@@ -48,7 +48,8 @@ def slurm_job_id() -> str | None:
     return os.environ.get("SLURM_JOB_ID")
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True while `pid` runs on this host (a zombie counts as gone: it holds nothing any more)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -167,7 +168,7 @@ class Store:
             return None
 
     def lock_is_stale(self, info: dict[str, Any]) -> bool:
-        if info.get("host") == socket.gethostname() and not _pid_alive(int(info.get("pid", 0))):
+        if info.get("host") == socket.gethostname() and not pid_alive(int(info.get("pid", 0))):
             return True
         job = slurm_job_id()
         if job and info.get("slurm_job") == job and int(info.get("pid", -1)) != os.getpid():
@@ -238,18 +239,22 @@ class Store:
 
     @staticmethod
     def _atomic_text(path: Path, text: str) -> None:
-        """Write-then-rename; on any failure (disk full, read-only) no temporary file is left behind."""
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        atomic_write_text(path, text)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write-then-rename; on any failure (disk full, read-only) no temporary file is left behind."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
         try:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
 
 
 def _beat(lock: Path, token: str, stop: threading.Event) -> None:

@@ -391,9 +391,7 @@ def import_events(store_root: Path, tracker: "Tracker | Callable[[str | None], T
 
 def _write_json(path: Path, obj: Any) -> None:
     import json
-    import tempfile
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(json.dumps(obj))
-    os.replace(tmp, path)
+    from bench.store import atomic_write_text
+
+    atomic_write_text(path, json.dumps(obj))

@@ -24,7 +24,7 @@ from typing import Any
 from bench.execute import Executor, RunSummary, ready
 from bench.job import JobContext, execute_chain
 from bench.plan import Stage
-from bench.store import Store
+from bench.store import Store, pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +57,6 @@ def _ppid(pid: int) -> int:
         return -1
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def stop_process_tree(pid: int, grace_s: float = 60.0) -> None:
     """SIGTERM the job's tasks (graceful checkpoint), wait up to `grace_s`, then SIGKILL what is left.
 
@@ -80,10 +72,10 @@ def stop_process_tree(pid: int, grace_s: float = 60.0) -> None:
         except ProcessLookupError:
             pass
     deadline = time.time() + grace_s
-    while time.time() < deadline and any(_alive(p) for p in tree):
+    while time.time() < deadline and any(pid_alive(p) for p in tree):
         time.sleep(0.1)
     for p in [*tree, *descendants(pid)]:
-        if _alive(p):
+        if pid_alive(p):
             try:
                 os.kill(p, signal.SIGKILL)
             except ProcessLookupError:

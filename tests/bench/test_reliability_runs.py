@@ -34,6 +34,8 @@ from typing import Callable
 
 import pandas as pd
 import pytest
+
+from bench.store import pid_alive
 import torch
 
 pytestmark = pytest.mark.slow
@@ -120,15 +122,6 @@ def _lock_pid(store: Path, key: str) -> int | None:
         return None
 
 
-def _alive(pid: int) -> bool:
-    """Alive and not a zombie (a zombie holds nothing any more)."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def _procs_mentioning(text: str) -> list[int]:
     """Live processes (not this one) whose command line mentions `text` (the results folder)."""
     out = []
@@ -139,7 +132,7 @@ def _procs_mentioning(text: str) -> list[int]:
             cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if text in cmdline and _alive(int(entry)):
+        if text in cmdline and pid_alive(int(entry)):
             out.append(int(entry))
     return out
 
@@ -159,7 +152,7 @@ def _worker_of(store: Path, key: str, coordinator: int, not_pid: int | None = No
 
     def get() -> int | None:
         pid = _lock_pid(store, key)
-        return pid if pid and pid not in (coordinator, not_pid) and _alive(pid) else None
+        return pid if pid and pid not in (coordinator, not_pid) and pid_alive(pid) else None
 
     return get
 
@@ -225,7 +218,7 @@ def test_kill9_worker_resumes_bit_identical(tmp_path: Path, data: Path) -> None:
         st = _status(store, pre)
         assert st["state"] == "interrupted" and "SIGKILL" in st["error"], st
         assert not (store / pre / "encoder.pt").exists()
-        assert not _alive(worker)
+        assert not pid_alive(worker)
 
         # run 2: resumes the pre-training; SIGKILL the fine-tune worker mid-way
         proc = _popen(_cmd(m, results, "--no-mlflow"))
@@ -344,7 +337,7 @@ def test_sigterm_background_and_kill9_of_bench(tmp_path: Path, data: Path) -> No
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=TIMEOUT)
         assert proc.returncode == 130, out
-        assert not _alive(worker)
+        assert not pid_alive(worker)
         assert not _procs_mentioning(str(results)), "a process outlived bench"
         st = _status(store, ft)
         assert st["state"] == "interrupted", st
@@ -369,7 +362,7 @@ def test_sigterm_background_and_kill9_of_bench(tmp_path: Path, data: Path) -> No
         os.kill(orphan, signal.SIGCONT)
         out, _ = proc.communicate(timeout=TIMEOUT)
         assert proc.returncode == 0, out
-        _wait(lambda: not _alive(orphan), "the old worker to end", timeout=120)
+        _wait(lambda: not pid_alive(orphan), "the old worker to end", timeout=120)
         orphan = None
         pre, ev = _key(store, "pretrain"), _key(store, "evaluate")
         assert [_status(store, k)["attempts"] for k in (pre, ft, ev)] == [1, 2, 1]
