@@ -6,7 +6,7 @@ local state dict with strict checks on every non-head key (see
 `backbones.loading`). `init` is
 
 * `random` - timm's own initialisation;
-* `imagenet1k` / `imagenet21k` - a local file (`backbones.weights`), never a download;
+* `imagenet1k` / `imagenet21k` / `dinov2` - a local file (`backbones.weights`), never a download;
 * a path to a state dict (`.safetensors` or a torch file), e.g. the encoder exported
   by a pre-training stage (`SSLMethod.encoder_state_dict()`).
 

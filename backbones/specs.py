@@ -3,7 +3,7 @@
 A spec is data, not code (timm style): the timm architecture name, the keyword
 arguments that shrink or reshape it, the family (it decides which SSL methods and
 weight adaptations apply) and which timm pretrained tag `imagenet1k` /
-`imagenet21k` resolve to. Adding a backbone is one `register_backbone(...)` call.
+`imagenet21k` / `dinov2` resolve to. Adding a backbone is one `register_backbone(...)` call.
 """
 
 from __future__ import annotations
@@ -15,6 +15,10 @@ from bench.registry import Registry
 
 Family = Literal["vit", "resnet", "swin"]
 
+# Inits read from a local timm weights file (`backbones.weights`); defined here, torch-free,
+# because matrix validation checks `init:` against it without importing torch.
+PRETRAINED_INITS: tuple[str, ...] = ("imagenet1k", "imagenet21k", "dinov2")
+
 
 @dataclass(frozen=True)
 class BackboneSpec:
@@ -24,7 +28,7 @@ class BackboneSpec:
     override its defaults (e.g. a tiny ViT for CPU tests). `default_img_size` is the
     square input side in pixels used when `create(img_size=None)`; `None` for CNNs,
     which accept any size. `weight_tags` maps an init name (`imagenet1k`,
-    `imagenet21k`) to the timm pretrained tag, so the file looked up is
+    `imagenet21k`, `dinov2`) to the timm pretrained tag, so the file looked up is
     `<timm_name>.<tag>`.
     """
 
@@ -126,5 +130,59 @@ register_backbone(
         default_img_size=224,
         weight_tags={"imagenet1k": "ms_in22k_ft_in1k", "imagenet21k": "ms_in22k"},
         description="Swin-B (patch 4, window 7)",
+    )
+)
+
+# DINOv2 ViT-B/14 (Oquab et al. 2023; self-supervised on LVD-142M), the init of the
+# DINOv2-initialisation study (Tayebi Arasteh et al., seed 004). timm builds the DINOv2
+# architecture (LayerScale, patch 14; the `reg4` variant adds 4 register tokens) and its
+# `lvd142m` weights are pre-trained at 518 px (37x37 patch grid). Fine-tuning at another
+# resolution (224 px: 16x16 grid) resamples the file's `pos_embed` when loading
+# (`backbones.loading`): with registers the file's pos_embed has no prefix tokens
+# (`no_embed_class`), without them the CLS position is kept as a prefix.
+register_backbone(
+    BackboneSpec(
+        name="vit_base_dinov2",
+        timm_name="vit_base_patch14_dinov2",
+        family="vit",
+        default_img_size=224,
+        weight_tags={"dinov2": "lvd142m"},
+        description="ViT-B/14 DINOv2 architecture (768-d, 12 blocks, LayerScale); init dinov2 = lvd142m weights",
+    )
+)
+register_backbone(
+    BackboneSpec(
+        name="vit_base_dinov2_reg",
+        timm_name="vit_base_patch14_reg4_dinov2",
+        family="vit",
+        default_img_size=224,
+        weight_tags={"dinov2": "lvd142m"},
+        description="ViT-B/14 DINOv2 with 4 register tokens; init dinov2 = lvd142m weights",
+    )
+)
+# CPU-sized stand-ins with the same timm architectures (and so the same key layout and
+# pos_embed handling) for tests and demo twins: patch 14, 96-d, 4 blocks, 3 heads, 56 px (4x4
+# grid). Their `dinov2` file (`<timm_name>.standin_dinov2.safetensors`) is a stand-in written
+# from a tiny timm model, never DINOv2; the tag keeps it apart from a real `lvd142m` file.
+register_backbone(
+    BackboneSpec(
+        name="vit_dinov2_tiny_demo",
+        timm_name="vit_base_patch14_dinov2",
+        family="vit",
+        default_img_size=56,
+        timm_kwargs={"embed_dim": 96, "depth": 4, "num_heads": 3},
+        weight_tags={"dinov2": "standin_dinov2"},
+        description="tiny DINOv2-architecture ViT (patch 14, 96-d, depth 4, 56 px) for CPU tests and demos",
+    )
+)
+register_backbone(
+    BackboneSpec(
+        name="vit_dinov2_reg_tiny_demo",
+        timm_name="vit_base_patch14_reg4_dinov2",
+        family="vit",
+        default_img_size=56,
+        timm_kwargs={"embed_dim": 96, "depth": 4, "num_heads": 3},
+        weight_tags={"dinov2": "standin_dinov2"},
+        description="tiny DINOv2-with-registers ViT (patch 14, 96-d, depth 4, 56 px) for CPU tests and demos",
     )
 )

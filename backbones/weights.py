@@ -1,6 +1,6 @@
 """Where initial weights come from: local files only, never a download.
 
-`imagenet1k` / `imagenet21k` resolve, in order, to
+`imagenet1k` / `imagenet21k` / `dinov2` resolve, in order, to
 
 1. `$BENCH_WEIGHTS_DIR/<timm_name>.<tag>.safetensors` (also `.pth`, `.pt`, `.bin`),
 2. the local Hugging Face cache entry of timm's hub id for that tag
@@ -17,12 +17,11 @@ from pathlib import Path
 
 import torch
 
-from backbones.specs import BackboneSpec
+from backbones.specs import PRETRAINED_INITS, BackboneSpec
 
 WEIGHTS_DIR_ENV = "BENCH_WEIGHTS_DIR"
 WEIGHT_SUFFIXES: tuple[str, ...] = (".safetensors", ".pth", ".pt", ".bin")
 HF_FILENAMES: tuple[str, ...] = ("model.safetensors", "pytorch_model.bin")
-PRETRAINED_INITS: tuple[str, ...] = ("imagenet1k", "imagenet21k")
 
 
 class WeightsNotFoundError(FileNotFoundError):
@@ -30,7 +29,7 @@ class WeightsNotFoundError(FileNotFoundError):
 
 
 def resolve_pretrained_file(spec: BackboneSpec, init: str, weights_dir: str | Path | None = None) -> Path:
-    """Local file holding the `init` weights (`imagenet1k`/`imagenet21k`) of `spec`.
+    """Local file holding the `init` weights (`imagenet1k`/`imagenet21k`/`dinov2`) of `spec`.
 
     `weights_dir` overrides `$BENCH_WEIGHTS_DIR`.
     """

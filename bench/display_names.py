@@ -49,10 +49,14 @@ BACKBONES: dict[str, str] = {
     "vit_base": "ViT-B",
     "resnet50": "ResNet50",
     "swin_base": "Swin-B",
+    "vit_base_dinov2": "ViT-B/14",
+    "vit_base_dinov2_reg": "ViT-B/14 (reg4)",
+    "vit_dinov2_tiny_demo": "ViT-tiny/14 (demo)",
+    "vit_dinov2_reg_tiny_demo": "ViT-tiny/14 reg4 (demo)",
 }
 
-INITS: dict[str, str] = {"random": "Random", "imagenet1k": "ImageNet-1k", "imagenet21k": "ImageNet-21k"}
-INITS_SHORT: dict[str, str] = {"random": "rand", "imagenet1k": "IN-1k", "imagenet21k": "IN-21k"}
+INITS: dict[str, str] = {"random": "Random", "imagenet1k": "ImageNet-1k", "imagenet21k": "ImageNet-21k", "dinov2": "DINOv2"}
+INITS_SHORT: dict[str, str] = {"random": "rand", "imagenet1k": "IN-1k", "imagenet21k": "IN-21k", "dinov2": "DINOv2"}
 
 # Words kept as written when a name is not listed (`vit_huge` -> `ViT huge`).
 _WORDS = {"vit": "ViT", "resnet": "ResNet", "swin": "Swin", "cxr": "CXR", "ct": "CT", "oct": "OCT", "nih": "NIH"}

@@ -238,6 +238,9 @@ class FinetuneCfg(_Strict):
     site_options: dict[str, Any] = Field(default_factory=dict)
     classes: Classes = "nih14"  # a label set, `site` (the site's own labels) or a list of label columns
     task: Literal["multilabel", "multiclass"] = "multilabel"  # sigmoid + BCE, or softmax + cross-entropy
+    # multilabel loss: plain masked BCE, or BCE with positives weighted by the train split's inverse
+    # prevalence (`bench.train.finetune.positive_weights`; the DINOv2-initialisation study, seed 004)
+    loss: Literal["bce", "weighted_bce"] = "bce"
     pool: Literal["default", "avg", "token", "flatten"] = "default"  # ViT pooling for the head; flatten: linear probes only
     seeds: list[NonNegativeInt] = Field(default_factory=lambda: [0])
     mode: Literal["finetune", "linear_probe"] = "finetune"
@@ -267,6 +270,13 @@ class FinetuneCfg(_Strict):
             raise ValueError("needs at least one seed")
         if len(set(v)) != len(v):
             raise ValueError(f"seeds {v} contain duplicates")
+        return v
+
+    @field_validator("loss")
+    @classmethod
+    def _loss(cls, v: str, info: ValidationInfo) -> str:
+        if v == "weighted_bce" and info.data.get("task") == "multiclass":
+            raise ValueError("'weighted_bce' is a multi-label loss; task 'multiclass' trains with cross-entropy")
         return v
 
     @field_validator("label_subset")
@@ -316,7 +326,9 @@ class Experiment(_Strict):
     @field_validator("init")
     @classmethod
     def _init(cls, v: str) -> str:
-        allowed = ("random", "imagenet1k", "imagenet21k")
+        from backbones.specs import PRETRAINED_INITS  # torch-free
+
+        allowed = ("random", *PRETRAINED_INITS)
         if v in allowed or v.startswith("file:"):
             return v
         raise ValueError(f"{v!r} is not one of {', '.join(allowed)}, file:<path to weights>")

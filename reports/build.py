@@ -79,13 +79,15 @@ def build_reports(
     alpha: float = 0.05,
     max_bootstrap_images: int = 1000,
     make_figures: bool = True,
+    init_reference: str | None = None,
 ) -> list[Path]:
     """Compute and write all applicable tables and figures; returns the written paths.
 
     `experiments` restricts Tables 7-8 and Figure 2 to those experiments (the paper
     shows a selection); `compat` adds the Krones-compatible Oracle AUC and
     calibration error; `alpha` is the level of the "not significantly different
-    from the best" marks.
+    from the best" marks. `init_reference` (an initialisation row label, e.g. `DINOv2`) adds the
+    initialisation-study tables of `reports.init_study` with p-values against that row.
     """
     m = check_manifest(manifest)
     bad = [t for t in thresholds if not 0.0 < float(t) < 1.0]
@@ -184,6 +186,13 @@ def build_reports(
 
     if token_frame is not None:
         tables.append(token_table(token_frame))
+
+    if init_reference is not None:
+        from reports.init_study import init_study_tables
+
+        study_tables, pvalues = init_study_tables(ml, m, reference=init_reference, n_boot=n_boot, seed=boot_seed)
+        tables += study_tables
+        written.append(write_atomic(out / "init_study_pvalues.csv", pvalues))
 
     flagged = find_degenerate(runs)
     mark_degenerate(tables, flagged)
