@@ -6,15 +6,18 @@ each split present, in train/val/test order) and these rows:
 * ``Patients [No.]``: distinct ``patient_id``;
 * ``Scans [No.]``: rows (images);
 * ``Age mean/sd/min/max [years]``: over scans with a known age (sd with ddof=1);
+* ``Female [% of scans]``: scans whose sex is ``F``, out of scans with a recorded sex.
+  This is what the Krones paper prints as "Female [% of patients]" for NIH (44.0 / 41.9
+  for train / test) and, nearly, for PadChest;
 * ``Female [% of patients]``: patients whose sex is ``F``, out of patients with a
   recorded sex (each patient's first non-null value);
 * ``<label> [% of scans]``: positive scans out of scans whose label is known
   (1.0 or 0.0; NaN is unknown and excluded from numerator and denominator).
 
-Age and sex are taken from ``age``/``sex`` columns of the index when it has them,
-otherwise from a `demographics` frame (``image_id, age, sex``) joined on
-``image_id`` (e.g. `bench.data.sites.padchest.demographics`); rows without them are
-NaN. `label_counts` gives the exact integers behind the percentages.
+Age and sex are the standard index's ``age``/``sex`` columns (every site adapter
+fills them, NaN where the dataset has none); an index without them can take a
+`demographics` frame (``image_id, age, sex``) joined on ``image_id`` (e.g.
+`bench.data.sites.padchest.demographics`, which needs no images on disk). `label_counts` gives the exact integers behind the percentages.
 `dataset_summary` is the Table 9 shape (one row per dataset). `to_latex` (booktabs)
 and `to_markdown` render any of these frames with the paper's number formats.
 """
@@ -35,6 +38,7 @@ PATIENTS = "Patients [No.]"
 SCANS = "Scans [No.]"
 AGE_ROWS = ("Age mean [years]", "Age sd [years]", "Age min [years]", "Age max [years]")
 FEMALE = "Female [% of patients]"
+FEMALE_SCANS = "Female [% of scans]"
 PCT_SUFFIX = " [% of scans]"
 METADATA_COLUMNS = ("age", "sex")
 
@@ -119,6 +123,7 @@ def dataset_stats(
     columns: dict[str, dict[str, float]] = {}
     for group, part in _groups(df, by, include_all):
         ages = pd.to_numeric(part["age"], errors="coerce").dropna()
+        scan_sex = part["sex"].dropna().astype(str).str.upper()
         sex = part.dropna(subset=["sex"]).drop_duplicates("patient_id")["sex"].astype(str).str.upper()
         col: dict[str, float] = {
             PATIENTS: float(part["patient_id"].nunique()),
@@ -127,6 +132,7 @@ def dataset_stats(
             AGE_ROWS[1]: float(ages.std(ddof=1)) if len(ages) > 1 else np.nan,
             AGE_ROWS[2]: float(ages.min()) if len(ages) else np.nan,
             AGE_ROWS[3]: float(ages.max()) if len(ages) else np.nan,
+            FEMALE_SCANS: float(100.0 * (scan_sex == "F").mean()) if len(scan_sex) else np.nan,
             FEMALE: float(100.0 * (sex == "F").mean()) if len(sex) else np.nan,
         }
         for name in names:
@@ -151,21 +157,14 @@ def site_stats(
     """`dataset_stats` of a site's standard index, loaded from `root` with `options`.
 
     Pass `index` when the caller already loaded it (`bench data stats` also needs it for
-    the summary table): indexing NIH costs about a CPU-minute, so it is done once.
-    When the site's module defines ``demographics(root, **options)`` (PadChest does),
-    its ages and sexes fill the age and sex rows.
+    the summary table): indexing NIH costs about a CPU-minute, so it is done once. Age
+    and sex come from the index itself, so no label file is read a second time.
     """
-    import sys
-
-    from bench.data.sites import get_site
-
-    adapter = get_site(site)
-    opts = dict(options or {})
     if index is None:
-        index = adapter.load_index(Path(root), **opts)
-    provider = getattr(sys.modules[type(adapter).__module__], "demographics", None)
-    demo = provider(Path(root), **opts) if callable(provider) else None
-    return dataset_stats(index, labels, by=by, include_all=include_all, demographics=demo)
+        from bench.data.sites import get_site
+
+        index = get_site(site).load_index(Path(root), **dict(options or {}))
+    return dataset_stats(index, labels, by=by, include_all=include_all)
 
 
 def dataset_summary(indexes: Mapping[str, pd.DataFrame], *, used: Mapping[str, int] | None = None) -> pd.DataFrame:

@@ -2,7 +2,9 @@
 
 The standard index is a pandas DataFrame with the columns `INDEX_COLUMNS` and then one
 float column per canonical label (1.0 positive, 0.0 negative, NaN unknown/not
-provided). `path` is absolute. `split` is one of `train`, `val`, `test` (sites that
+provided). `INDEX_COLUMNS` ends with the demographics `age` and `sex`
+(`DEMOGRAPHIC_COLUMNS`), NaN where a dataset does not ship them. `path` is absolute.
+`split` is one of `train`, `val`, `test` (sites that
 ship no split carry `train` everywhere and are split by patient elsewhere).
 
 Adding a site is one module of this package with a `Site` subclass decorated with
@@ -31,7 +33,12 @@ INDEX_COLUMNS: tuple[str, ...] = (
     "height",
     "width",
     "site",
+    "age",
+    "sex",
 )
+# Demographics, kept for the dataset tables (Tables 10-13): `age` in years (float) and
+# `sex` as "F" / "M" / "O"; NaN where a dataset does not ship them (e.g. OCT, CheXpert's test set).
+DEMOGRAPHIC_COLUMNS: tuple[str, ...] = ("age", "sex")
 
 SPLITS = ("train", "val", "test")
 

@@ -14,6 +14,9 @@ the CSV are 1.0 / 0.0 / -1.0 (uncertain) / blank (not mentioned). Policies:
 Atelectasis and Edema, zeros for the others: the usual 5-task recipe); `blank` =
 `nan` (unknown, default) or `zero`.
 
+Demographics: `Age` and `Sex` (`Female`/`Male`; `Unknown` is NaN) become the index's
+`age` and `sex`; NaN for the test set, which has neither.
+
 Splits: train.csv -> `train`, valid.csv -> `val`, test -> `test`; `as_split` relabels
 (the paper evaluates *on* valid: `split="valid", as_split="test"`). Views: the index
 `view` is the AP/PA value for frontal images and `L` for laterals; `views` filters
@@ -174,6 +177,9 @@ class CheXpertSite(Site):
                 "split": opts["as_split"] or INDEX_SPLIT[opts["split"]],
                 "view": view,
                 "_frontal": frontal.to_numpy(),
+                # demographics (Table 10); the test CSV has no Sex/Age columns -> NaN
+                "age": raw["Age"].to_numpy() if "Age" in raw else np.nan,
+                "sex": raw["Sex"].to_numpy() if "Sex" in raw else np.nan,
             }
         )
         for label in CHEXPERT_LABELS:

@@ -245,10 +245,31 @@ def _write_size_cache(cache_file: Path, rows: Mapping[str, tuple[int, int, int, 
         log.warning("could not write the image-size cache %s: %s", cache_file, exc)
 
 
+_SEX_CODES: dict[str, str] = {"F": "F", "FEMALE": "F", "M": "M", "MALE": "M", "O": "O", "OTHER": "O"}
+
+
+def normalise_sex(values: pd.Series) -> pd.Series:
+    """Sex spellings of the sites (NIH/PadChest ``F``/``M``/``O``, CheXpert ``Female``/``Male``)
+    as ``F``/``M``/``O``; anything else (``Unknown``, blank) is NaN, so it counts as not recorded."""
+    return values.map(lambda v: _SEX_CODES.get(str(v).strip().upper(), np.nan) if pd.notna(v) else np.nan).astype(object)
+
+
+def normalise_age(values: pd.Series) -> pd.Series:
+    """Age in years as float; non-numbers and impossible values (< 0 or > 130, e.g. the
+    original NIH CSV's 414-year-olds) are NaN rather than skewing the mean and max."""
+    age = pd.to_numeric(values, errors="coerce").astype("float64")
+    return age.where((age >= 0) & (age <= 130))
+
+
 def finish_index(df: pd.DataFrame, site: str, labels: Sequence[str]) -> pd.DataFrame:
-    """Order columns (INDEX_COLUMNS then `labels`), fix dtypes, validate the contract."""
+    """Order columns (INDEX_COLUMNS then `labels`), fix dtypes, validate the contract.
+
+    `age` and `sex` are optional in `df` (NaN where the site has none) and normalised
+    (`normalise_age`, `normalise_sex`)."""
     df = df.copy()
     df["site"] = site
+    df["age"] = normalise_age(df["age"]) if "age" in df.columns else np.nan
+    df["sex"] = normalise_sex(df["sex"]) if "sex" in df.columns else pd.Series(np.nan, index=df.index, dtype=object)
     for col in ("image_id", "path", "patient_id", "split", "view"):
         df[col] = df[col].astype(str)
     for col in ("height", "width"):

@@ -15,6 +15,10 @@ CheXpert-style (1, 0, -1, blank) and go through the same `uncertainty`/`blank`
 policies as the CheXpert adapter. `views` filters ViewPosition (e.g. ["PA", "AP"];
 missing ViewPosition is `unknown`); `splits` keeps only some splits. Height/width
 come from the metadata's Rows/Columns (the JPEGs keep the DICOM matrix).
+
+Demographics are not part of MIMIC-CXR-JPG: when MIMIC-IV's `patients.csv[.gz]` is
+under root (or `hosp/`), or named by the `patients` option, `age` (at the study, see
+`attach_demographics`) and `sex` (`gender`) fill the index; otherwise they are NaN.
 """
 
 from __future__ import annotations
@@ -53,7 +57,40 @@ DEFAULTS: dict[str, Any] = {
     "views": None,
     "splits": None,
     "missing": "error",
+    "patients": None,
 }
+PATIENT_COLUMNS = ("subject_id", "gender", "anchor_age", "anchor_year")
+PATIENT_FILES = ("patients.csv.gz", "patients.csv", "hosp/patients.csv.gz", "hosp/patients.csv")
+
+
+def patients_path(root: Path, option: str | None) -> Path | None:
+    """MIMIC-IV's `patients.csv[.gz]` (demographics live there, not in MIMIC-CXR-JPG):
+    the `patients` option (absolute or relative to root), else one found under root, else None."""
+    if option is not None:
+        path = Path(option) if Path(option).is_absolute() else root / option
+        if not path.is_file():
+            raise DataError(f"site 'mimic': patients file {path} does not exist")
+        return path
+    return next((root / n for n in PATIENT_FILES if (root / n).is_file()), None)
+
+
+def attach_demographics(df: pd.DataFrame, patients: pd.DataFrame) -> pd.DataFrame:
+    """`age` and `sex` per image from MIMIC-IV `patients`.
+
+    MIMIC-IV gives each patient `anchor_age` in `anchor_year` (both date-shifted like
+    MIMIC-CXR's `StudyDate`), so the age at a study is anchor_age + study year - anchor_year;
+    without a StudyDate it is anchor_age. Patients missing from the file get NaN.
+    """
+    pat = patients.drop_duplicates("subject_id").set_index("subject_id")
+    subject = df["subject_id"].astype(np.int64)
+    anchor_age = pd.to_numeric(subject.map(pat["anchor_age"]), errors="coerce")
+    if "StudyDate" in df.columns:
+        year = pd.to_numeric(df["StudyDate"], errors="coerce") // 10000
+        anchor_year = pd.to_numeric(subject.map(pat["anchor_year"]), errors="coerce")
+        age = anchor_age + (year - anchor_year)
+    else:
+        age = anchor_age
+    return df.assign(age=age.to_numpy(dtype=float), sex=subject.map(pat["gender"]).to_numpy())
 
 
 def table_path(root: Path, kind: str) -> Path:
@@ -138,5 +175,10 @@ class MIMICSite(Site):
             height=checked_sizes(df["Rows"], self.name, meta_path),
             width=checked_sizes(df["Columns"], self.name, meta_path),
         )
+        pat_path = patients_path(root, opts["patients"])
+        if pat_path is not None:
+            patients = read_csv(pat_path, self.name, PATIENT_COLUMNS)
+            df = attach_demographics(df, patients)
+            log_step(self.name, f"images with demographics in {pat_path.name}", len(df), int(df["sex"].notna().sum()))
         df = drop_missing_files(df, self.name, opts["missing"])
         return finish_index(df, self.name, CHEXPERT_LABELS)

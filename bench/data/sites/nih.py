@@ -12,6 +12,9 @@ and the first `round(val_fraction * n_patients)` go to `val` (the paper's 75,312
 names to files in the common `relative/path l1 ... l14` layout (labels in
 `NIH_LABEL_ORDER`), which then define both split and labels.
 
+Demographics. `Patient Age` and `Patient Gender` become the index's `age` and `sex`
+(with split files, taken from the Data_Entry CSV when it is there, else NaN).
+
 Labels. `Finding Labels` is pipe-separated with NIH spellings (`Effusion`,
 `Pleural_Thickening`, `No Finding`); absence means negative (NIH has no uncertain or
 unknown labels), so every label column is 0.0 or 1.0.
@@ -165,6 +168,9 @@ class NIHSite(Site):
                 "path": [str(images.get(n, root / "images" / n)) for n in names],
                 "patient_id": csv["Patient ID"].astype(int).map(lambda v: f"{v:08d}"),
                 "view": csv["View Position"].astype(str).str.strip(),
+                # demographics for the dataset tables (Table 11); optional columns of the CSV
+                "age": csv["Patient Age"] if "Patient Age" in csv else np.nan,
+                "sex": csv["Patient Gender"] if "Patient Gender" in csv else np.nan,
             }
         )
         return pd.concat([df, pd.DataFrame(labels, index=df.index)], axis=1)
@@ -188,9 +194,16 @@ class NIHSite(Site):
         if not isinstance(split_files, Mapping) or not split_files:
             raise DataError(f"site 'nih': split_files must map split names to files, got {split_files!r}")
         views: dict[str, str] = {}
-        if any((root / name).is_file() for name in CSV_NAMES):  # optional here: it only contributes the view
+        ages: dict[str, Any] = {}
+        sexes: dict[str, Any] = {}
+        if any((root / name).is_file() for name in CSV_NAMES):  # optional here: view, age and sex
             csv = self._csv(root)
-            views = dict(zip(csv["Image Index"].astype(str), csv["View Position"].astype(str)))
+            names = csv["Image Index"].astype(str)
+            views = dict(zip(names, csv["View Position"].astype(str)))
+            if "Patient Age" in csv:
+                ages = dict(zip(names, csv["Patient Age"]))
+            if "Patient Gender" in csv:
+                sexes = dict(zip(names, csv["Patient Gender"]))
         rows = []
         for split, rel in split_files.items():
             path = root / rel
@@ -217,6 +230,8 @@ class NIHSite(Site):
                         "patient_id": m.group(1),
                         "split": split,
                         "view": views.get(file, "unknown"),
+                        "age": ages.get(file, np.nan),
+                        "sex": sexes.get(file, np.nan),
                         "_file": str(path),
                         **dict(zip(NIH_LABEL_ORDER, values)),
                     }

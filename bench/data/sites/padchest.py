@@ -27,8 +27,10 @@ The 21 files known to be corrupt or missing in the public release
 PadChest has no official split: every row gets ``split`` (default ``train``; pass
 ``split="test"`` when the site is an external test set). ``view`` is the
 ``Projection`` value verbatim. ``height``/``width`` are ``Rows_DICOM``/``Columns_DICOM``
-(``sizes="header"`` reads them from each PNG header instead). Age and sex, which the
-dataset tables need, come from `demographics` (not part of the standard index).
+(``sizes="header"`` reads them from each PNG header instead). ``age`` is the study
+year (``StudyDate_DICOM``) minus the birth year (``PatientBirth``), ``sex`` is
+``PatientSex_DICOM``; both are in the standard index (`demographics` gives them for
+every CSV row, without the image checks).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ import pandas as pd
 
 from bench.data.labels import NIH14
 from bench.data.sites import INDEX_COLUMNS, SPLITS, DataError, Site, check_index, register_site
-from bench.data.sites.generic import attach_sizes, checked_sizes, drop_duplicate_images
+from bench.data.sites.generic import attach_sizes, checked_sizes, drop_duplicate_images, normalise_age, normalise_sex
 
 log = logging.getLogger(__name__)
 
@@ -388,6 +390,8 @@ def build_index(root: Path, df: pd.DataFrame, *, split: str, sizes: str, missing
             "height": np.asarray(height, dtype=np.int64),
             "width": np.asarray(width, dtype=np.int64),
             "site": PadChest.name,
+            "age": normalise_age(_age_years(df)).to_numpy(),
+            "sex": normalise_sex(df["PatientSex_DICOM"]).to_numpy(),
         },
         columns=list(INDEX_COLUMNS),
     )
@@ -399,9 +403,10 @@ def build_index(root: Path, df: pd.DataFrame, *, split: str, sizes: str, missing
 def demographics(root: Path, **options: Any) -> pd.DataFrame:
     """``image_id, patient_id, age, sex`` for every CSV row (for the dataset tables).
 
-    Kept out of the standard index, whose columns after `INDEX_COLUMNS` are labels
-    only. ``age`` is the study year minus ``PatientBirth`` (years, NaN if unknown);
-    ``sex`` is ``PatientSex_DICOM`` (F, M, O, or NaN). Takes the same options as
+    The standard index carries the same ``age`` and ``sex``; this reads the CSV alone
+    (no image checks), for tables over rows whose images are not on disk. ``age`` is
+    the study year minus ``PatientBirth`` (years, NaN if unknown); ``sex`` is
+    ``PatientSex_DICOM`` (F, M, O, or NaN). Takes the same options as
     `PadChest.load_index`; only ``csv`` matters here.
     """
     df = read_labels_csv(find_csv(Path(root), options.get("csv")))

@@ -13,6 +13,7 @@ from bench.data.labels import HARMONISED5, NIH14
 from bench.data.stats import (
     AGE_ROWS,
     FEMALE,
+    FEMALE_SCANS,
     PATIENTS,
     SCANS,
     dataset_stats,
@@ -52,6 +53,9 @@ def test_hand_computed_case() -> None:
     # Female: patients p1 (F), p2 (M), p3 (F), p4 (first non-null: M) -> 50 %.
     assert t.loc[FEMALE, "All"] == pytest.approx(50.0)
     assert t.loc[FEMALE, "Train"] == pytest.approx(50.0) and t.loc[FEMALE, "Test"] == pytest.approx(50.0)
+    # Female share of scans: F,F,M | F,(none),M -> 3 of 5 known; train 2 of 3; test 1 of 2.
+    assert t.loc[FEMALE_SCANS].tolist() == pytest.approx([60.0, 200 / 3, 50.0])
+    assert list(t.index).index(FEMALE_SCANS) == list(t.index).index(FEMALE) - 1
     # Atelectasis: train 1 of 2 known (50 %), test 1 of 3, all 2 of 5.
     assert t.loc["Atelectasis [% of scans]"].tolist() == pytest.approx([40.0, 50.0, 100 / 3])
     assert t.loc["Edema [% of scans]", "Train"] == 0.0 and np.isnan(t.loc["Edema [% of scans]", "Test"])
@@ -69,7 +73,7 @@ def test_demographics_join_and_missing() -> None:
     bare = toy.drop(columns=["age", "sex"])
     pd.testing.assert_frame_equal(dataset_stats(bare, ["Edema"], demographics=demo), dataset_stats(toy, ["Edema"]))
     no_demo = dataset_stats(bare, ["Edema"])
-    assert no_demo.loc[[*AGE_ROWS, FEMALE]].isna().all().all()
+    assert no_demo.loc[[*AGE_ROWS, FEMALE_SCANS, FEMALE]].isna().all().all()
     with pytest.raises(ValueError, match="Mass"):
         dataset_stats(toy, ["Mass"])
     with pytest.raises(ValueError, match="lacks columns"):
@@ -149,6 +153,12 @@ def test_nih_counts_exact() -> None:
     assert t.loc[SCANS, "All"] == 112_120 and t.loc[PATIENTS, "All"] == 30_805
     assert t.loc[AGE_ROWS[3], "All"] == 95.0
     assert t.loc["Pleural Effusion [% of scans]", "All"] == pytest.approx(100 * 13_317 / 112_120)
+    # Female share both ways, tallied independently (the paper's "% of patients" is the scan share)
+    female_scans = 100 * (csv["Patient Gender"] == "F").sum() / len(csv)
+    female_patients = 100 * (csv.groupby("Patient ID")["Patient Gender"].first() == "F").mean()
+    assert t.loc[FEMALE_SCANS, "All"] == pytest.approx(female_scans) and round(female_scans, 1) == 43.5
+    assert t.loc[FEMALE, "All"] == pytest.approx(female_patients) and round(female_patients, 1) == 46.0
+    assert t.loc[AGE_ROWS[0], "All"] == pytest.approx(csv["Patient Age"].mean())
 
 
 @pytest.mark.slow
@@ -172,6 +182,7 @@ def test_padchest_table12() -> None:
     assert shown["Pleural Effusion [% of scans]"] == "2.8"
     assert shown["Atelectasis [% of scans]"] == "5.6"  # paper 5.7 = 106 subtype mentions / 1,861
     assert shown[FEMALE] == "55.0"  # paper 54.7
+    assert shown[FEMALE_SCANS] == "54.8"  # closer to the paper's 54.7: it counts scans
 
 
 def test_site_stats_on_synthetic_padchest(tmp_path: Path) -> None:
