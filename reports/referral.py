@@ -11,7 +11,11 @@ Standard (default, non-cumulative), per referral fraction f:
 inside the loop over fractions: referred images become maximally certain, so each
 fraction refers int(N f) *new* images on top of the previous ones. Nominal
 0/5/10/15/20/25% then refer cumulatively 0, 10, 30, 60, 100, 150 of 202 images
-(0, 4.95, 14.85, 29.7, 49.5, 74.3%). Use it only to compare with the paper.
+(0, 4.95, 14.85, 29.7, 49.5, 74.3%). It also picks the images the way that code does
+(`krones_referral_rows`: `np.argpartition` on the per-image uncertainty, computed
+row by row), so among tied uncertainties (frequent with 2-decimal probabilities) it
+refers the same images the paper did, not the earliest ones. Use it only to compare
+with the paper.
 
 `oracle_auc_per_label` is the per-(image, label) variant (Kivlichan et al. /
 robustness_metrics semantics, exact replacement instead of binning): each label
@@ -48,6 +52,22 @@ def _refer(t: np.ndarray, s: np.ndarray, rows: np.ndarray) -> None:
     s[rows] = sub_s
 
 
+def krones_referral_rows(scores: np.ndarray, k: int) -> np.ndarray:
+    """The `k` images the Krones code refers: its exact call
+    ``np.argpartition([np.mean(o) for o in abs(preds_probs - 0.5)], k)[:k]``.
+
+    The uncertainty is built the same way (one `np.mean` per image row, on the
+    float64 scores `as_label_matrix` gives), because the order `argpartition` leaves tied values in depends
+    on the values and the selection algorithm, not on image order: a stable sort
+    refers different images among ties. `k >= n` (where the paper's call would
+    raise) refers every image.
+    """
+    n = scores.shape[0]
+    if k >= n:
+        return np.arange(n)
+    return np.argpartition([np.mean(o) for o in abs(scores - 0.5)], k)[:k]
+
+
 def referred_counts(n: int, fractions: Sequence[float], *, compat: bool = False) -> list[int]:
     """Number of images referred at each fraction (cumulative sums in compat mode)."""
     counts = [referral_count(n, f) if not compat else int(n * f) for f in fractions]
@@ -69,8 +89,11 @@ def oracle_auc(
         else:
             s = s0.copy()
             k = referral_count(t.shape[0], f)
-        u = np.mean(np.abs(s - 0.5), axis=1)
-        rows = np.argsort(u, kind="stable")[:k]
+        if compat:
+            rows = krones_referral_rows(s, k)
+        else:
+            u = np.mean(np.abs(s - 0.5), axis=1)
+            rows = np.argsort(u, kind="stable")[:k]
         _refer(t, s, rows)
         per = auc_per_class(t, s)
         out[i] = np.nanmean(per) if np.any(~np.isnan(per)) else np.nan

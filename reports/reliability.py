@@ -91,7 +91,7 @@ def analyse(
             raise DataError(f"{pred.path}: labels differ from the other experiments on column {column!r}")
         y, p = pred.y_true, pred.y_score
         res.sources[e] = Source(seeds[e], str(row["run_id"]), str(row["stage_key"]))
-        frame = threshold_metrics(y, p, thresholds)
+        frame = threshold_metrics(y, p, thresholds, compat=compat)
         frame["ece_top_label"] = [ece_top_label(y, p, threshold=t) for t in thresholds]
         frame["krones_ce"] = [krones_ce(y, p, threshold=t) for t in thresholds]
         res.per_threshold[e] = frame
@@ -120,7 +120,8 @@ def threshold_table(res: Reliability, *, more: bool = False) -> Table:
     """
     rows: list[Row] = []
     if more:
-        names = list(MORE_THRESHOLD_ROWS) + ([("krones_ce", "Calibration error (Krones-compatible)")] if res.compat else [])
+        compat_rows = [("mean_accuracy_compat", "Mean accuracy (Krones-compatible)"), ("krones_ce", "Calibration error (Krones-compatible)")]
+        names = list(MORE_THRESHOLD_ROWS) + (compat_rows if res.compat else [])
     else:
         names = list(THRESHOLD_ROWS)
     for e, frame in res.per_threshold.items():

@@ -53,9 +53,18 @@ def accuracy_per_label(y_true: Any, y_score: Any, *, threshold: float = 0.5) -> 
 
 
 @register_metric("mean_accuracy")
-def mean_accuracy(y_true: Any, y_score: Any, *, threshold: float = 0.5) -> float:
-    """Mean over labels of the per-label accuracy (Krones "mean accuracy")."""
-    return float(np.nanmean(accuracy_per_label(y_true, y_score, threshold=threshold)))
+def mean_accuracy(y_true: Any, y_score: Any, *, threshold: float = 0.5, compat: bool = False) -> float:
+    """Mean over labels of the per-label accuracy (Krones "mean accuracy").
+
+    `compat=True` computes it as the Krones code does: the mean of the per-label
+    accuracies *already rounded* to 4 decimals, rounded again to 4
+    (``round(np.mean([round(c, 4) for c in acc_per_class]), 4)``), which can differ from
+    the exact mean in the 4th decimal. Use it only to compare with the paper.
+    """
+    acc = accuracy_per_label(y_true, y_score, threshold=threshold)
+    if compat:
+        return float(round(np.mean([round(c, 4) for c in acc]), 4))
+    return float(np.nanmean(acc))
 
 
 @register_metric("subset_accuracy")
@@ -111,18 +120,23 @@ def f1_micro(y_true: Any, y_score: Any, *, threshold: float = 0.5) -> float:
     return float(_ratio(np.array(2 * tp), np.array(2 * tp + fp + fn)))
 
 
-def threshold_metrics(y_true: Any, y_score: Any, thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> pd.DataFrame:
+def threshold_metrics(
+    y_true: Any, y_score: Any, thresholds: Sequence[float] = DEFAULT_THRESHOLDS, *, compat: bool = False
+) -> pd.DataFrame:
     """Label-averaged threshold metrics, one row per threshold.
 
     Columns: `threshold, mean_accuracy, subset_accuracy, fnr, sensitivity,
-    specificity, f1` (label nan-means; F1 is macro over labels).
+    specificity, f1` (label nan-means; F1 is macro over labels), and with `compat`
+    also `mean_accuracy_compat` (`mean_accuracy(compat=True)`).
     """
     rows = []
     for t in thresholds:
+        extra = {"mean_accuracy_compat": mean_accuracy(y_true, y_score, threshold=t, compat=True)} if compat else {}
         rows.append(
             {
                 "threshold": float(t),
                 "mean_accuracy": mean_accuracy(y_true, y_score, threshold=t),
+                **extra,
                 "subset_accuracy": subset_accuracy(y_true, y_score, threshold=t),
                 "fnr": fnr_mean(y_true, y_score, threshold=t),
                 "sensitivity": float(np.nanmean(sensitivity_per_label(y_true, y_score, threshold=t))),

@@ -55,3 +55,34 @@ def test_unknown_entries_are_ignored_and_no_positive_label_is_nan() -> None:
     fnr = th.fnr_per_label(y, p)
     assert fnr[0] == 0.0 and np.isnan(fnr[1])
     assert th.fnr_mean(y, p) == 0.0
+
+
+def _paper_mean_acc(y: np.ndarray, p: np.ndarray, t: float) -> float:
+    """The Krones mean accuracy written out from its definition: hard labels p > t, per-label
+    accuracy from `multilabel_confusion_matrix`, each rounded to 4 decimals, their mean rounded."""
+    labels = np.array([[1 if v > t else 0 for v in row] for row in p])
+    per = [m.diagonal().sum() / m.sum() for m in multilabel_confusion_matrix(y, labels)]
+    return round(np.mean([round(c, 4) for c in per]), 4)
+
+
+def test_compat_mean_accuracy_rounds_each_label_first() -> None:
+    # per-label accuracies 188/202, 170/202, 160/202, 141/202, 144/202: exact mean 0.79505 (0.7950
+    # at 4 decimals), mean of the 4-decimal values 0.79512 -> 0.7951
+    wrong = [202 - k for k in (188, 170, 160, 141, 144)]
+    y = np.zeros((202, 5))
+    p = np.array([[0.9 if i < w else 0.1 for w in wrong] for i in range(202)])
+    assert th.mean_accuracy(y, p) == pytest.approx(0.795049504950495)
+    assert th.mean_accuracy(y, p, compat=True) == 0.7951
+    assert round(th.mean_accuracy(y, p), 4) == 0.795
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_compat_mean_accuracy_matches_the_paper_on_ties(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    y = (rng.random((202, 5)) < 0.3).astype(float)
+    p = np.round(np.clip(0.3 * y + 0.7 * rng.random((202, 5)), 0, 1), 1)  # many p exactly at a threshold
+    frame = th.threshold_metrics(y, p, compat=True)
+    for t, got, exact in zip(frame["threshold"], frame["mean_accuracy_compat"], frame["mean_accuracy"]):
+        assert got == _paper_mean_acc(y, p, t)
+        assert abs(got - exact) <= 1e-4
+    assert "mean_accuracy_compat" not in th.threshold_metrics(y, p).columns
