@@ -10,30 +10,18 @@ and evaluation patients is refused unless the experiment sets `allow_leakage: tr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
-from bench.plan import Plan, resolve_site_root
-from bench.train.data import load_index, seeded_subset
+from bench.data.index import load_index
 from bench.data.labels import resolve_classes
-from bench.train.finetune import finetune_sets
+from bench.data.subsets import finetune_sets, pretrain_subset
+from bench.plan import Plan, resolve_site_root
 
 
 class LeakageError(Exception):
     pass
-
-
-@dataclass(frozen=True)
-class _SetSpec:
-    role: str  # pretrain | finetune | evaluate
-    site: str
-    splits: tuple[str, ...]
-    options: str  # repr of site options (hashable)
-    subset: Any = None
-    label_subset: Any = None
-    seed: int = 0
 
 
 def _load(cache: dict[Any, pd.DataFrame], matrix: Any, site: str, options: dict[str, Any], splits: tuple[str, ...]) -> pd.DataFrame:
@@ -52,7 +40,7 @@ def audit_plan(plan: Plan) -> pd.DataFrame:
         sets: dict[str, tuple[str, pd.DataFrame]] = {}
         if e.pretrain.method != "none" and e.pretrain.dataset:
             idx = _load(cache, m, e.pretrain.dataset, e.pretrain.site_options, tuple(e.pretrain.splits))
-            sets["pretrain"] = (e.pretrain.dataset, seeded_subset(idx, e.pretrain.subset, 0))
+            sets["pretrain"] = (e.pretrain.dataset, pretrain_subset(idx, e.pretrain.subset))
         # few-label subsets differ per seed; their union is what any seed may have seen
         f = e.finetune.model_dump()
         classes = list(resolve_classes(e.finetune.classes, e.finetune.dataset))

@@ -303,7 +303,8 @@ def _site_root(args: argparse.Namespace, site: str) -> Path:
 
 def cmd_data_prepare(args: argparse.Namespace) -> int:
     from bench.data.cache import prepare
-    from bench.train.data import cache_dir_for, load_index, site_read_options
+    from bench.data.index import load_index
+    from bench.data.sources import cache_dir_for, site_read_options
 
     opts = _site_options(args.site_options)
     root = _site_root(args, args.site)
@@ -339,7 +340,7 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
 
 def cmd_data_stats(args: argparse.Namespace) -> int:
     from bench.data.stats import dataset_summary, site_stats, to_markdown, write_tables
-    from bench.train.data import load_index
+    from bench.data.index import load_index
 
     opts = _site_options(args.site_options)
     out = Path(args.out)

@@ -48,7 +48,7 @@ import pandas as pd
 
 from bench.compute import epoch_cost
 from bench.data.dbb import BatchSizer, build_bins, grid_size, plan_epoch, plan_mixed_epoch, size_order
-from bench.data.sites import DataError
+from bench.data.errors import DataError
 from bench.registry import Registry
 
 MODELS = ("vit_small", "vit_base", "vit_large")

@@ -4,7 +4,7 @@ One process per rank (submitit/srun start them; never torchrun inside submitit).
 GPUs, gloo on CPU. Everything here is a no-op with one process, so stage code calls it
 unconditionally.
 
-The data-parallel contract (see `bench.train.loop.fit` and `bench.train.data`):
+The data-parallel contract (see `bench.train.loop.fit` and `bench.data.batches`):
 
 * the matrix's `batch_size` is the *global* batch; each of the `world_size` ranks
   processes `batch_size / world_size` images per step, and every rank runs the same

@@ -150,7 +150,7 @@ def token_frame(plan: Plan, store: Store | None = None) -> pd.DataFrame | None:
         if stored is not None and stored.is_file():
             sizes = pd.read_parquet(stored)
         else:
-            from bench.train.data import load_index
+            from bench.data.index import load_index
 
             sizes = load_index(p["dataset"], s.paths[p["dataset"]], p["site_options"], p["splits"])
         usable = (sizes["height"] > 0) & (sizes["width"] > 0)

@@ -40,7 +40,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from bench.data.sites import DataError
+from bench.data.errors import DataError
 from reports import figures, reliability
 from reports.aggregate import best_seeds, run_metrics, summarise, summarise_per_class
 from reports.degenerate import DegenerateCell, find_degenerate

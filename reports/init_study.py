@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from bench.data.sites import DataError
+from bench.data.errors import DataError
 from reports.manifest import is_missing, ordered
 from reports.predictions import PredictionCache
 from reports.significance import _stack

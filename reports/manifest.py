@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from bench.data.sites import DataError
+from bench.data.errors import DataError
 
 REQUIRED: tuple[str, ...] = (
     "experiment",

@@ -17,7 +17,7 @@ import math
 
 import pandas as pd
 
-from bench.data.sites import DataError
+from bench.data.errors import DataError
 from reports.manifest import column_meta, is_number, ordered
 from reports.tables import Cell, Row, Source, Table
 

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from bench.data.sites import DataError
+from bench.data.errors import DataError
 
 ID_COLUMNS = ("image_id", "patient_id", "site", "split")
 

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from bench.data.sites import DataError
+from bench.data.errors import DataError
 from reports.aggregate import best_seeds
 from reports.baselines import always_negative_accuracy, known_prevalence_random_accuracy, prevalence
 from reports.calibration import ece, ece_top_label, krones_ce

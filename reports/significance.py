@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
-from bench.data.sites import DataError
+from bench.data.errors import DataError
 from reports.manifest import ordered
 from reports.predictions import Predictions
 from reports.statistics import (

@@ -1,7 +1,7 @@
 """Batched, on-device view augmentations built from torch RNG.
 
 The loop hands methods a normalised batch ((x - GREY_MEAN) / GREY_STD, see
-`bench.train.data`); each method makes its views here, so augmentation follows the
+`bench.data.transforms`); each method makes its views here, so augmentation follows the
 global torch seed and runs on the accelerator. All functions take and return
 (B, C, H, W) float tensors and draw independent parameters per sample.
 
@@ -25,7 +25,7 @@ from torch import Tensor
 
 from ssl_methods import shard
 
-from bench.train.data import GREY_MEAN, GREY_STD
+from bench.data.transforms import GREY_MEAN, GREY_STD
 
 
 def random_resized_crop(

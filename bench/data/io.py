@@ -42,7 +42,7 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from bench.data.sites import DataError
+from bench.data.errors import DataError
 
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ".dic"})
 _DICOM_MAGIC_OFFSET = 128

@@ -25,7 +25,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from bench.data.sites import DataError
+from bench.data.errors import DataError
 
 log = logging.getLogger(__name__)
 

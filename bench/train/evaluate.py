@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import torch
 
-from bench.train.data import ImageBatches, load_index, source_kwargs
+from bench.data.batches import ImageBatches
+from bench.data.index import load_index
+from bench.data.sources import source_kwargs
 from bench.train.finetune import build_model, predict, selection_score
 
 if TYPE_CHECKING:

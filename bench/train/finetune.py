@@ -26,7 +26,9 @@ from torch import nn
 
 from bench.data.labels import resolve_classes
 from bench.data.sites import DataError
-from bench.train.data import ImageBatches, load_index, source_kwargs
+from bench.data.batches import ImageBatches
+from bench.data.sources import source_kwargs
+from bench.data.subsets import finetune_sets
 from bench.train.loop import OptimCfg, default_param_groups, fit
 from bench.train.pretrain import masked_bce, resolve_init
 
@@ -174,30 +176,6 @@ def _migrate_state(state: dict[str, Any]) -> None:
         state["best_score"] = state.pop("best_auc")
 
 
-def finetune_sets(site: str, root: str, f: dict[str, Any], classes: list[str], seed: int) -> tuple[Any, Any]:
-    """(train, val) images of a fine-tuning stage.
-
-    The site's own `val` split when it has one; otherwise (e.g. Kermany OCT) a seeded,
-    patient-level, label-stratified `val_fraction` of its train split, the same for every
-    seed so that seeds differ only in initialisation and order. The few-label regime
-    then draws whole patients from the train part.
-    """
-    from bench.data.splits import assign_splits, few_label_subset
-
-    index = load_index(site, root, f["site_options"], ["train", "val"])
-    if (index["split"] == "val").any():
-        train, val = index[index["split"] == "train"], index[index["split"] == "val"]
-    else:
-        strat = [c for c in classes if c in index.columns and index[c].notna().all()]
-        which = assign_splits(index, {"train": 1 - f["val_fraction"], "val": f["val_fraction"]}, seed=0, stratify=strat)
-        train, val = index[which == "train"], index[which == "val"]
-    train = train.reset_index(drop=True)
-    if f["label_subset"] is not None:
-        strat = [c for c in classes if c in train.columns and train[c].notna().all()]
-        train = few_label_subset(train, f["label_subset"], seed=seed, stratify=strat).reset_index(drop=True)
-    return train, val.reset_index(drop=True)
-
-
 def run_finetune(stage: "Stage", store: "Store", logger: "StageLogger", env: "StageEnv") -> tuple[list[str], dict[str, Any]]:
     cfg = stage.config
     f = cfg["finetune"]
@@ -252,7 +230,7 @@ def run_finetune(stage: "Stage", store: "Store", logger: "StageLogger", env: "St
         return {metric: score, f"best_{metric}": state["best_score"]}
 
     def step_fn(x: torch.Tensor, y: torch.Tensor | None, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
-        from bench.train.data import augment_batch
+        from bench.data.transforms import augment_batch
 
         assert y is not None
         if f["augment"]:

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from bench.tracking import StageLogger
-from bench.train.data import BinnedBatches, ImageBatches
+from bench.data.batches import BinnedBatches, ImageBatches
 
 
 class NonFiniteLoss(FloatingPointError):

@@ -22,7 +22,10 @@ import torch
 
 from bench import distributed
 from bench.data.labels import label_set
-from bench.train.data import BinnedBatches, ImageBatches, load_index, open_cache, seeded_subset, site_read_options, source_kwargs
+from bench.data.batches import BinnedBatches, ImageBatches
+from bench.data.index import load_index
+from bench.data.sources import open_cache, site_read_options, source_kwargs
+from bench.data.subsets import pretrain_subset
 from bench.train.loop import OptimCfg, fit
 from ssl_methods.supervised import masked_bce  # noqa: F401 - the fine-tune stage's loss too
 
@@ -47,7 +50,7 @@ def run_pretrain(stage: "Stage", store: "Store", logger: "StageLogger", env: "St
     site = p["dataset"]
     index = load_index(site, stage.paths[site], p["site_options"], p["splits"])
     seed = 0
-    index = seeded_subset(index, p["subset"], seed)
+    index = pretrain_subset(index, p["subset"])
     # a method that trains on labels (`supervised`) gets labelled batches of `pretrain.classes`
     needs_labels = bool(ssl_methods.METHODS.get(p["method"]).needs_labels)
     classes = label_set(p["classes"]) if needs_labels else None

@@ -11,7 +11,7 @@ import pytest
 from bench.audit import LeakageError, audit_plan, check_leakage
 from bench.matrix import load_matrix
 from bench.plan import build_plan
-from bench.train.data import load_index
+from bench.data.index import load_index
 
 
 @pytest.fixture(scope="module")

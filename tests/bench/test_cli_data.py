@@ -37,7 +37,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_stats_tables_match_the_index(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from bench.train.data import load_index
+    from bench.data.index import load_index
 
     out = tmp_path / "tables"
     assert main(["data", "stats", "nih", "--data-root", str(data), "--out", str(out)]) == 0

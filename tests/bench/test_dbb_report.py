@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from bench.compute import encoder_flops
-from bench.data.sites import DataError
+from bench.data.errors import DataError
 from bench.dbb_report import (
     STRATEGIES,
     SWEEP_STRATEGIES,

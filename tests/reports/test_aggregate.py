@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.data.sites import DataError
+from bench.data.errors import DataError
 from reports.aggregate import best_seeds, run_metrics, summarise, summarise_per_class
 
 Y = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=float)

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.data.sites import DataError
+from bench.data.errors import DataError
 from reports.aggregate import run_metrics, summarise
 from reports.poster_tables import downstream_table, token_table
 

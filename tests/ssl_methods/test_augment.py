@@ -7,7 +7,7 @@ import torch
 import pytest
 import torchvision.transforms.v2.functional as TF
 
-from bench.train.data import GREY_MEAN, GREY_STD
+from bench.data.transforms import GREY_MEAN, GREY_STD
 from ssl_methods.augment import (
     SOLARIZE_THRESHOLD,
     apply_jitter,

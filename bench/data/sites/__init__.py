@@ -19,6 +19,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
+from bench.data.errors import DataError
 from bench.registry import PluginRegistry, names_options
 
 if TYPE_CHECKING:
@@ -42,9 +43,7 @@ DEMOGRAPHIC_COLUMNS: tuple[str, ...] = ("age", "sex")
 
 SPLITS = ("train", "val", "test")
 
-
-class DataError(Exception):
-    """Bad or missing input data. The message names the file and what is wrong."""
+__all__ = ["DataError", "INDEX_COLUMNS", "SPLITS", "SITES", "Site", "check_index", "get_site", "list_sites", "register_site", "site_options_model"]
 
 
 class Site(ABC):

@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from bench.data.sites import DataError
+from bench.data.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -238,7 +238,7 @@ def test_shards_as_a_job_array_then_merge(tmp_path: Path) -> None:
 
 
 def test_stage_finds_committed_cache_only(tmp_path: Path) -> None:
-    from bench.train.data import cache_dir_for, open_cache
+    from bench.data.sources import cache_dir_for, open_cache
 
     index = _many(tmp_path, n=5)
     root = tmp_path / "caches"
@@ -290,7 +290,7 @@ def test_cli_job_array_tasks_commit_the_cache(tmp_path: Path, capsys: pytest.Cap
     """`bench data prepare SITE --n-shards N --shard I --merge`: the last task to finish commits."""
     from bench.cli import main
     from bench.data.synthetic.padchest import write
-    from bench.train.data import cache_dir_for, open_cache
+    from bench.data.sources import cache_dir_for, open_cache
 
     write(tmp_path / "pc", seed=2, scale=0.02)
     args = ["data", "prepare", "padchest", "--root", str(tmp_path / "pc"), "--size", "16", "--cache-dir", str(tmp_path / "c")]

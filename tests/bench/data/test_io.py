@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from bench.data.io import ImageReadError, image_size, is_dicom, read_image, voi_output_range
-from bench.data.sites import DataError
+from bench.data.errors import DataError
 
 # ------------------------------------------------------------------------- rasters
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.data.sites import DataError
+from bench.data.errors import DataError
 from bench.data.splits import (
     assign_splits,
     check_patient_disjoint,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.data.sites import DataError
+from bench.data.errors import DataError
 from bench.data.synthetic import MARKER, generate, read_marker
 
 SCALE = 0.05

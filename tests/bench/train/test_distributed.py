@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from bench.distributed import free_port
-from bench.train.data import BinnedBatches, ImageBatches, shard_rows
+from bench.data.batches import BinnedBatches, ImageBatches, shard_rows
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -54,7 +54,7 @@ WORKER = textwrap.dedent(
     from bench import distributed, preempt
     from bench.env import StageEnv
     from bench.tracking import StageLogger
-    from bench.train.data import ImageBatches
+    from bench.data.batches import ImageBatches
     from bench.train.loop import NonFiniteLoss, OptimCfg, fit
 
     out, data = Path(sys.argv[1]), Path(sys.argv[2])

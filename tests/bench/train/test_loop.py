@@ -13,7 +13,7 @@ from PIL import Image
 from torch import nn
 
 from bench.tracking import StageLogger
-from bench.train.data import ImageBatches
+from bench.data.batches import ImageBatches
 from bench.train.loop import NonFiniteLoss, OptimCfg, default_param_groups, fit, lr_at
 
 
