@@ -119,6 +119,12 @@ def build_plan(matrix: Matrix) -> Plan:
     stages: dict[str, Stage] = {}
     cells: list[ReportCell] = []
     data_id = _data_identity(matrix)
+    roots: dict[str, str] = {}  # site -> resolved root: resolving is a filesystem walk, done once per site
+
+    def root_of(site: str) -> str:
+        if site not in roots:
+            roots[site] = resolve_site_root(matrix, site)
+        return roots[site]
 
     def add(kind: str, config: dict[str, Any], upstream: list[str], sites: list[str], label: str, identity: dict[str, Any]) -> str:
         key = stage_key(kind, identity, upstream)
@@ -128,7 +134,7 @@ def build_plan(matrix: Matrix) -> Plan:
                 kind=kind,
                 config=config,
                 upstream=upstream,
-                paths={s: resolve_site_root(matrix, s) for s in sites},
+                paths={s: root_of(s) for s in sites},
                 label=label,
             )
         return key

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from bench import display_names as dn
 from bench.data.labels import resolve_classes
@@ -25,6 +24,9 @@ from bench.matrix import Matrix
 from bench.plan import Plan, build_plan
 from bench.store import Store
 from bench.tracking import Tracker
+
+if TYPE_CHECKING:  # pandas is imported where a manifest or token table is built: a no-op rerun never needs it
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,8 @@ def _sites_used(matrix: Matrix) -> set[str]:
 
 def build_manifest(plan: Plan, store: Store) -> pd.DataFrame:
     """One row per (experiment, seed, report column) whose evaluate stage is done."""
+    import pandas as pd
+
     exps = {e.id: e for e in plan.matrix.experiments}
     rows: list[dict[str, Any]] = []
     for c in plan.cells:
@@ -139,6 +143,8 @@ def token_frame(plan: Plan, store: Store | None = None) -> pd.DataFrame | None:
     site index, leaving out (with a count) images without a usable size, as the
     pre-training did.
     """
+    import pandas as pd
+
     from bench.dbb_report import run_benchmark
 
     for s in plan.ordered():
@@ -202,10 +208,80 @@ def write_reports(plan: Plan, store: Store, out_dir: Path, tracker: Tracker | No
     missing = len(plan.cells) - len(manifest)
     if missing:
         log.warning("reports cover %d of %d result cells (%d not finished)", len(manifest), len(plan.cells), missing)
-    warn_degenerate(manifest)
+    cells = warn_degenerate(manifest)
+    _write_reports_stamp(out_dir, plan, store.done_status(list(plan.stages)), files, [_degenerate_text(c) for c in cells])
     if tracker and run_id:
         tracker.artifact(run_id, out_dir, "reports")
     return files
+
+
+REPORTS_STAMP = ".bench_inputs.json"  # in a reports folder: what its files were built from
+# code whose change changes the reports (files' size and mtime, read without importing them)
+_REPORT_CODE = ("reports", "bench/runner.py", "bench/display_names.py", "bench/dbb_report.py")
+
+
+def _code_fingerprint() -> list[tuple[str, int, int]]:
+    root = Path(__file__).resolve().parents[1]
+    out: list[tuple[str, int, int]] = []
+    for name in _REPORT_CODE:
+        p = root / name
+        for f in sorted(p.glob("*.py")) if p.is_dir() else [p]:
+            try:
+                st = f.stat()
+            except FileNotFoundError:
+                continue
+            out.append((f"{name}/{f.name}" if p.is_dir() else name, st.st_size, st.st_mtime_ns))
+    return out
+
+
+def reports_digest(plan: Plan, done: dict[str, dict[str, Any]]) -> str:
+    """A digest of everything `write_reports` reads: the finished stages of the report cells
+    (a done stage's status, and so its `finished` time, is final), the experiments, the
+    matrix's report options and title, and the report code.
+
+    Why: a rerun that ran nothing finds the same digest next to the reports and keeps them,
+    instead of re-reading every prediction file and redrawing every figure (minutes for a
+    study); `bench report` always rebuilds.
+    """
+    import hashlib
+
+    m = plan.matrix
+    cells = [
+        [c.experiment, c.seed, c.target.column, c.evaluate_key, done[c.evaluate_key].get("finished"),
+         done.get(c.finetune_key, {}).get("finished"), done.get(c.pretrain_key or "", {}).get("finished")]
+        for c in plan.cells
+        if c.evaluate_key in done
+    ]
+    doc = {
+        "v": 1,
+        "cells": cells,
+        "experiments": [e.model_dump(mode="json") for e in m.experiments],
+        "reports": m.reports,
+        "title": m.description or m.name,
+        "data": m.data.model_dump(mode="json", exclude={"root", "sites"}),
+        "code": _code_fingerprint(),
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _write_reports_stamp(out_dir: Path, plan: Plan, done: dict[str, dict[str, Any]], files: list[Path], warnings: list[str]) -> None:
+    from bench.store import atomic_write_text
+
+    body = {"digest": reports_digest(plan, done), "files": [str(Path(f).relative_to(out_dir)) for f in files], "warnings": warnings}
+    atomic_write_text(out_dir / REPORTS_STAMP, json.dumps(body, indent=1))
+    os.chmod(out_dir / REPORTS_STAMP, 0o644)  # like the reports next to it
+
+
+def current_reports(plan: Plan, done: dict[str, dict[str, Any]], out_dir: Path) -> dict[str, Any] | None:
+    """The stamp of `out_dir`'s reports when they were built from exactly these inputs and all
+    their files are still there; None when they must be (re)built."""
+    try:
+        stamp = json.loads((out_dir / REPORTS_STAMP).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    if not stamp.get("files") or not all((out_dir / f).exists() for f in stamp["files"]):
+        return None
+    return stamp if stamp.get("digest") == reports_digest(plan, done) else None
 
 
 def warn_degenerate(manifest: pd.DataFrame) -> list[Any]:
@@ -218,18 +294,23 @@ def warn_degenerate(manifest: pd.DataFrame) -> list[Any]:
 
     cells = degenerate_cells(manifest)
     for c in cells:
-        log.warning("degenerate result: experiment %s, column %s: %s; evaluate stages %s (fine-tunes %s)",
-                    c.experiment, c.column, c.reason, ", ".join(c.stage_keys), ", ".join(c.finetune_keys))
+        log.warning(_degenerate_text(c))
     return cells
 
 
-def preflight(plan: Plan, store: Store) -> None:
-    """Fail before running anything when a pending stage's data root is missing."""
+def _degenerate_text(c: Any) -> str:
+    return (f"degenerate result: experiment {c.experiment}, column {c.column}: {c.reason}; "
+            f"evaluate stages {', '.join(c.stage_keys)} (fine-tunes {', '.join(c.finetune_keys)})")
+
+
+def preflight(plan: Plan, store: Store, done: set[str] | dict[str, Any] | None = None) -> None:
+    """Fail before running anything when a pending stage's data root is missing (`done`: the
+    keys already known to be done, so their status is not read again)."""
     from bench.data.sites import DataError
 
     missing: dict[str, str] = {}
     for s in plan.ordered():
-        if store.is_done(s.key):
+        if (s.key in done) if done is not None else store.is_done(s.key):
             continue
         for site, root in s.paths.items():
             if not Path(root).exists():
@@ -245,24 +326,32 @@ def preflight(plan: Plan, store: Store) -> None:
 def run_matrix(matrix: Matrix, opts: RunOptions) -> tuple[RunSummary, Plan, list[Path]]:
     results = opts.results.resolve()
     results.mkdir(parents=True, exist_ok=True)
-    ensure_synthetic(matrix)
     plan = build_plan(matrix)
     store = store_of(results)
-    preflight(plan, store)
-    if opts.audit:
+    stages = [s for s in plan.ordered() if opts.kinds is None or s.kind in opts.kinds]
+    # one status read per stage; what is done needs nothing below (no data, no site index, no torch)
+    done = store.done_status([s.key for s in plan.ordered()])
+    todo = [s for s in stages if s.key not in done]
+    if todo:
+        ensure_synthetic(matrix)
+        preflight(plan, store, done)
+    if opts.audit and todo:
         from bench.audit import audit_plan, check_leakage
 
-        report = audit_plan(plan)
+        # experiments whose stages are all done were audited when they ran
+        report = audit_plan(_pending_part(plan, {s.key for s in todo}))
         check_leakage(report, matrix.path)
         # pre-training on the fine-tuning site's own train/val images is by design; evaluation overlap is not
         shared = report[(report["shared_patients"] > 0) & (report["pair"] != "pretrain-finetune")] if not report.empty else report
         for r in shared.itertuples():
             log.warning("leakage audit: experiment %s %s shares %d patients / %d images (%s vs %s)",
                         r.experiment, r.pair, r.shared_patients, r.shared_images, r.a, r.b)
-    stages = [s for s in plan.ordered() if opts.kinds is None or s.kind in opts.kinds]
     uri = opts.tracking_uri
+    # nothing to run and the reports are current: a no-op, which starts no MLflow run (runs.jsonl records it)
+    stamp = current_reports(plan, done, reports_dir(results, matrix)) if not todo and opts.report and not opts.subset else None
+    idle = not todo and (stamp is not None or not opts.report or opts.subset)
     # one MLflow experiment per matrix, so runs of different studies do not mix
-    tracker = Tracker(uri, experiment=matrix.name, artifact_root=results / "mlartifacts", description=matrix.description) if uri else None
+    tracker = Tracker(uri, experiment=matrix.name, artifact_root=results / "mlartifacts", description=matrix.description) if uri and not idle else None
     parent = None
     if tracker:
         parent = tracker.start(
@@ -292,7 +381,7 @@ def run_matrix(matrix: Matrix, opts: RunOptions) -> tuple[RunSummary, Plan, list
         eval_columns=eval_columns(plan),
     )
     started = time.time()
-    executor = make_executor(
+    executor = None if not todo else make_executor(
         opts.executor,
         results,
         opts.max_parallel,
@@ -305,8 +394,11 @@ def run_matrix(matrix: Matrix, opts: RunOptions) -> tuple[RunSummary, Plan, list
     summary = RunSummary()
     files: list[Path] = []
     try:
-        summary = executor.run(stages, ctx)
-        if not executor.waits and opts.wait:
+        if executor is None:  # every stage is done: no executor, no job body, no torch
+            summary = RunSummary(skipped=[s.key for s in stages])
+        else:
+            summary = executor.run(stages, ctx)
+        if executor is not None and not executor.waits and opts.wait:
             keys = [*summary.submitted, *summary.queued]
             log.info("waiting for %d stage(s) on the cluster", len(keys))
             executor.wait(keys, store, on_poll=(lambda: sync_tracking(results, uri)) if deferred else None)  # type: ignore[attr-defined]
@@ -315,8 +407,14 @@ def run_matrix(matrix: Matrix, opts: RunOptions) -> tuple[RunSummary, Plan, list
             sync_tracking(results, uri)
         if opts.subset and opts.report:
             log.info("a subset of the matrix ran (--only/--kind): reports not written; `bench report` builds them from the store")
-        if opts.report and not opts.subset and (executor.waits or opts.wait):
-            files = write_reports(plan, store, reports_dir(results, matrix), tracker, parent)
+        if opts.report and not opts.subset and (executor is None or executor.waits or opts.wait):
+            if stamp is not None and not summary.ran:
+                log.info("reports in %s are current (built from these finished stages); `bench report` rebuilds them",
+                         reports_dir(results, matrix))
+                for text in stamp.get("warnings", []):
+                    log.warning(text)
+            else:
+                files = write_reports(plan, store, reports_dir(results, matrix), tracker, parent)
     finally:
         if tracker and parent:
             tracker.metrics(
@@ -333,6 +431,15 @@ def run_matrix(matrix: Matrix, opts: RunOptions) -> tuple[RunSummary, Plan, list
             tracker.end(parent, status)
     _append_history(results, matrix, summary, time.time() - started, parent)
     return summary, plan, files
+
+
+def _pending_part(plan: Plan, todo: set[str]) -> Plan:
+    """The plan restricted to experiments with a stage still to run (what the leakage audit checks)."""
+    from bench.summary import experiment_stages
+
+    pending = {exp for exp, keys in experiment_stages(plan).items() if todo.intersection(keys)}
+    matrix = plan.matrix.model_copy(update={"experiments": [e for e in plan.matrix.experiments if e.id in pending]})
+    return Plan(matrix=matrix, stages=plan.stages, cells=[c for c in plan.cells if c.experiment in pending])
 
 
 def _after_wait(summary: RunSummary, store: Store) -> RunSummary:

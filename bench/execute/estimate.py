@@ -17,6 +17,7 @@ data loading, validation and checkpoints are not modelled.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +61,7 @@ METHOD_FACTOR: dict[str, float] = {
 OTHER_GMACS: dict[str, float] = {"resnet50": 4.1, "swin_base": 15.5, "swin_b": 15.5}
 
 
+@functools.lru_cache(maxsize=None)  # a study has a handful of model shapes and thousands of stages
 def forward_flops(backbone: str, image_size: int, in_chans: int = 1) -> float:
     """FLOPs of one forward pass of `backbone` on one `image_size`² image."""
     from bench.compute import VIT_CONFIGS, model_forward_flops
