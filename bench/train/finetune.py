@@ -127,6 +127,40 @@ def build_model(
     return backbones.create(backbone, init=init, in_chans=in_chans, num_classes=num_classes, img_size=img_size, **pool_kwargs({"pool": pool}))
 
 
+def positive_weights(y: np.ndarray) -> np.ndarray:
+    """Per-class weight of a positive label from the training split's prevalence (`loss: weighted_bce`).
+
+    w_c = N_neg,c / N_pos,c = 1 / p_c - 1, with p_c = N_pos,c / (N_pos,c + N_neg,c) the prevalence
+    of class c among its known (non-NaN) training labels; negatives keep weight 1. Positives are
+    weighted by their inverse frequency relative to the negatives, as the DINOv2-initialisation
+    study does, so that both labels of a class contribute equally to the loss in total: a rare
+    finding is not learnt as "always absent". A class whose known labels are all one value (or
+    none) gets w_c = 1, since there is no imbalance to correct that the data can show.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    pos = np.sum(y == 1.0, axis=0).astype(np.float64)
+    neg = np.sum(y == 0.0, axis=0).astype(np.float64)
+    w = np.ones(y.shape[1])
+    ok = (pos > 0) & (neg > 0)
+    w[ok] = neg[ok] / pos[ok]
+    return w
+
+
+def weighted_masked_bce(logits: torch.Tensor, y: torch.Tensor, pos_weight: torch.Tensor) -> torch.Tensor:
+    """Mean over the known labels (NaN = unknown, masked as in `masked_bce`) of the class-weighted BCE
+
+    -[w_c y log sigmoid(z) + (1 - y) log(1 - sigmoid(z))], w_c from `positive_weights`. With all
+    w_c = 1 it equals `masked_bce`.
+    """
+    known = ~torch.isnan(y)
+    if not known.any():
+        return logits.sum() * 0.0
+    per = nn.functional.binary_cross_entropy_with_logits(
+        logits, torch.nan_to_num(y, nan=0.0), pos_weight=pos_weight.to(logits.device, logits.dtype), reduction="none"
+    )
+    return per[known].mean()
+
+
 def cross_entropy_onehot(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Cross-entropy for one-hot targets; rows without a known class (all NaN) are ignored."""
     known = ~torch.isnan(y).all(dim=1)
@@ -208,6 +242,17 @@ def run_finetune(stage: "Stage", store: "Store", logger: "StageLogger", env: "St
         logger.text(f"reading pixels from the prepared cache {common['cache'].root}")
     train_b = ImageBatches(train, batch_size=f["batch_size"], drop_last=True, **common)
     val_b = ImageBatches(val, batch_size=max(f["batch_size"], 64), shuffle=False, **common)
+    loss_fn = masked_bce
+    if not multiclass and f.get("loss", "bce") == "weighted_bce":
+        pos_w = torch.as_tensor(positive_weights(train_b.targets), dtype=torch.float32)
+        logger.text(
+            "class-weighted BCE, positive weight N_neg/N_pos of the train split per class: "
+            + ", ".join(f"{c} {w:.4g}" for c, w in zip(classes, pos_w.tolist()))
+        )
+
+        def loss_fn(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return weighted_masked_bce(logits, y, pos_w)
+
     best_path = store.path(stage.key, "best.tmp.pt")
     # best_score: the best validation selection score so far (mean AUC or balanced top-1, see `metric`)
     state: dict[str, Any] = {"best_score": -1.0, "best_epoch": -1, "bad_epochs": 0, "no_score": ""}
@@ -235,7 +280,7 @@ def run_finetune(stage: "Stage", store: "Store", logger: "StageLogger", env: "St
         assert y is not None
         if f["augment"]:
             x = augment_batch(x, gen)
-        return (cross_entropy_onehot(model(x), y) if multiclass else masked_bce(model(x), y)), {}
+        return (cross_entropy_onehot(model(x), y) if multiclass else loss_fn(model(x), y)), {}
 
     optim = OptimCfg(
         epochs=f["epochs"],
@@ -274,8 +319,16 @@ def run_finetune(stage: "Stage", store: "Store", logger: "StageLogger", env: "St
     with store.write_output(stage.key, "model.pt") as tmp:
         torch.save(saved, tmp)
     best_path.unlink()
+    # the kept model's validation predictions: reports choose decision thresholds on them (`reports.youden`)
+    from bench.train.prediction_frame import prediction_frame
+
+    model.load_state_dict(best)
+    val_probs, val_rows = predict(model, val_b, multiclass)
+    frame = prediction_frame(val.iloc[val_rows], site, "val", classes, val_b.targets[val_rows], val_probs)
+    with store.write_output(stage.key, "val_predictions.parquet") as tmp:
+        frame.to_parquet(tmp, index=False)
     bad = len(train_b.bad) + len(val_b.bad)
     if bad:
         logger.text(f"skipped {bad} unreadable images: {sorted({**train_b.bad.paths, **val_b.bad.paths})}")
     summary = {"best_val_score": state["best_score"], "selection_metric": metric, "best_epoch": state["best_epoch"], "bad_images": bad}
-    return ["model.pt"], {**summary, "train_images": len(train), "val_images": len(val)}
+    return ["model.pt", "val_predictions.parquet"], {**summary, "train_images": len(train), "val_images": len(val)}

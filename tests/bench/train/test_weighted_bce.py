@@ -1,0 +1,102 @@
+"""Class-weighted BCE (`finetune.loss: weighted_bce`, the DINOv2-initialisation study) and the
+fine-tune stage's validation predictions (`val_predictions.parquet`, for Youden thresholds)."""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from bench.cli import main
+from bench.matrix import MatrixError, load_matrix
+from bench.train.finetune import positive_weights, weighted_masked_bce
+from bench.train.pretrain import masked_bce
+
+NAN = float("nan")
+
+
+def test_positive_weights_by_hand() -> None:
+    y = np.array([[1, 0, 1, NAN], [0, 0, 1, NAN], [0, 1, 1, NAN], [0, NAN, 1, NAN]])
+    # class 0: 1 positive, 3 negatives -> 3; class 1: 1 positive, 2 negatives (NaN ignored) -> 2;
+    # class 2: only positives -> 1; class 3: no known label -> 1
+    np.testing.assert_array_equal(positive_weights(y), [3.0, 2.0, 1.0, 1.0])
+
+
+def test_weighted_bce_by_hand_with_masked_labels() -> None:
+    logits = torch.tensor([[0.0, 2.0], [1.0, -1.0]])
+    y = torch.tensor([[1.0, 0.0], [0.0, NAN]])
+    w = torch.tensor([3.0, 2.0])
+    # known entries: (0,0) positive, z=0, weight 3: 3 ln 2; (0,1) negative, z=2: ln(1+e^2);
+    # (1,0) negative, z=1: ln(1+e); (1,1) unknown: left out. Mean over the 3 known entries.
+    want = (3 * math.log(2) + math.log(1 + math.e**2) + math.log(1 + math.e)) / 3
+    assert weighted_masked_bce(logits, y, w).item() == pytest.approx(want, rel=1e-6)
+    # unit weights: exactly the plain masked BCE
+    assert weighted_masked_bce(logits, y, torch.ones(2)).item() == pytest.approx(masked_bce(logits, y).item(), rel=1e-7)
+    z = logits.clone().requires_grad_(True)
+    weighted_masked_bce(z, y, w).backward()
+    assert z.grad is not None and z.grad[1, 1] == 0.0  # no gradient through an unknown label
+    assert weighted_masked_bce(logits, torch.full_like(y, NAN), w).item() == 0.0
+
+
+def test_loss_option_is_validated(tmp_path: Path) -> None:
+    m = tmp_path / "m.yaml"
+    m.write_text(textwrap.dedent("""
+        name: t
+        defaults:
+          backbone: resnet_tiny_demo
+          finetune: {dataset: oct, classes: site, task: multiclass, loss: weighted_bce}
+          evaluate: [{column: c, site: oct, classes: site}]
+        experiments: [{id: a}]
+    """))
+    with pytest.raises(MatrixError, match="finetune.loss.*multi-label loss"):
+        load_matrix(m)
+    m.write_text(m.read_text().replace("weighted_bce", "focal"))
+    with pytest.raises(MatrixError, match="finetune.loss.*'focal'"):
+        load_matrix(m)
+
+
+@pytest.mark.slow  # ~18 s wall on 2 loaded cores (a CLI run of two stages)
+def test_stage_logs_the_weights_and_writes_validation_predictions(tmp_path: Path) -> None:
+    """A generic site with a known train prevalence (4 of 16 positive -> weight 3): the stage log
+    states the weight, and `val_predictions.parquet` holds the kept model's probabilities on the
+    val split, the same as an evaluate stage scoring that split with `model.pt`."""
+    from bench.data.synthetic.files import save_png
+
+    site = tmp_path / "site"
+    rows = []
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        split = "train" if i < 16 else ("val" if i < 28 else "test")
+        pos = float(i % 4 == 0)
+        save_png(np.clip(rng.random((32, 32)) * 0.5 + 0.4 * pos, 0, 1), site / f"img{i:02d}.png")
+        rows.append({"image": f"img{i:02d}.png", "patient": f"p{i}", "split": split, "Finding": pos})
+    pd.DataFrame(rows).to_csv(site / "labels.csv", index=False)
+    opts = "{labels_csv: labels.csv, patient_col: patient, split_col: split}"
+    m = tmp_path / "w.yaml"
+    m.write_text(textwrap.dedent(f"""
+        name: wbce
+        data: {{root: {tmp_path}, sites: {{generic: {site}}}}}
+        defaults:
+          backbone: resnet_tiny_demo
+          image_size: 32
+          finetune: {{dataset: generic, site_options: {opts}, classes: [Finding], loss: weighted_bce, epochs: 2, batch_size: 8, augment: false}}
+          evaluate: [{{column: "val", site: generic, split: val, classes: [Finding], site_options: {opts}}}]
+        experiments:
+          - {{id: ft, allow_leakage: true}}  # scoring the fine-tuning val split on purpose
+    """))
+    results = tmp_path / "r"
+    args = ["run", str(m), "--results", str(results), "--no-mlflow", "--threads", "1", "--executor", "inline", "--no-report"]
+    assert main(args) == 0
+    (ft,) = (results / "store").glob("finetune-*")
+    assert "positive weight N_neg/N_pos of the train split per class: Finding 3" in (ft / "log.txt").read_text()
+    val = pd.read_parquet(ft / "val_predictions.parquet")
+    assert list(val["image_id"]) == [f"img{i:02d}" for i in range(16, 28)] and set(val["split"]) == {"val"}
+    (ev,) = (results / "store").glob("evaluate-*/predictions.parquet")
+    scored = pd.read_parquet(ev)
+    np.testing.assert_allclose(val["prob:Finding"], scored["prob:Finding"], atol=1e-6)
+    np.testing.assert_array_equal(val["label:Finding"], scored["label:Finding"])
