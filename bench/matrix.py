@@ -404,6 +404,21 @@ def _report_option_names() -> list[str]:
     return [p for p in function_parameters("reports.build", "build_reports") if p not in skip]
 
 
+def _check_metric_tables(file: Any, names: Any) -> None:
+    """`reports.metric_tables`: a list of metric names the metric registry knows (read from the
+    sources of `reports/`, no metric module imported)."""
+    if names is None:
+        return
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise MatrixError(f"{file}: reports.metric_tables: must be a list of metric names, got {names!r}")
+    from reports.metrics import METRICS
+
+    allowed = METRICS.names()
+    for i, n in enumerate(names):
+        if n not in allowed:
+            raise MatrixError(f"{file}: reports.metric_tables[{i}]: unknown metric {n!r}; allowed: {', '.join(allowed)}")
+
+
 class Matrix(_Strict):
     name: str
     description: str = ""
@@ -672,6 +687,7 @@ def load_matrix(path: str | Path, overrides: list[str] | None = None) -> Matrix:
     for k in reports:
         if k not in allowed_reports:
             raise MatrixError(f"{file}: reports.{k}: unknown report option; allowed: {', '.join(allowed_reports)}")
+    _check_metric_tables(file, reports.get("metric_tables"))
     columns = {t.column for e in exps for t in e.evaluate}
     rc = reports.get("reliability_column")
     if rc is not None and rc not in columns:

@@ -80,6 +80,7 @@ def build_reports(
     max_bootstrap_images: int = 1000,
     make_figures: bool = True,
     init_reference: str | None = None,
+    metric_tables: Sequence[str] = (),
 ) -> list[Path]:
     """Compute and write all applicable tables and figures; returns the written paths.
 
@@ -88,6 +89,8 @@ def build_reports(
     calibration error; `alpha` is the level of the "not significantly different
     from the best" marks. `init_reference` (an initialisation row label, e.g. `DINOv2`) adds the
     initialisation-study tables of `reports.init_study` with p-values against that row.
+    `metric_tables` names registered metrics (`bench list metrics`) to tabulate per experiment
+    and report column (`reports.metric_tables`).
     """
     m = check_manifest(manifest)
     bad = [t for t in thresholds if not 0.0 < float(t) < 1.0]
@@ -183,6 +186,11 @@ def build_reports(
         )
         tables.append(downstream_table(summarise(mc, "balanced_top1"), m))
         written.append(write_atomic(out / "confusion_matrices.csv", _confusions(mc)))
+
+    if metric_tables:
+        from reports.metric_tables import metric_tables as registry_tables
+
+        tables += registry_tables(runs, m, metric_tables, PredictionCache().get)
 
     if token_frame is not None:
         tables.append(token_table(token_frame))

@@ -64,18 +64,18 @@ def _per_label(y_true: Any, y_score: Any, fn) -> np.ndarray:
     return out
 
 
-@register_metric("ece_per_label")
+@register_metric("ece_per_label", higher_is_better=False)
 def ece_per_label(y_true: Any, y_score: Any, *, n_bins: int = N_BINS) -> np.ndarray:
     """Positive-class binary ECE per label (threshold-free), shape (C,)."""
     return _per_label(y_true, y_score, lambda y, p: binned_gap(p, y, n_bins))
 
 
-@register_metric("ece")
+@register_metric("ece", higher_is_better=False)
 def ece(y_true: Any, y_score: Any, *, n_bins: int = N_BINS) -> float:
     return float(np.nanmean(ece_per_label(y_true, y_score, n_bins=n_bins)))
 
 
-@register_metric("ece_top_label_per_label")
+@register_metric("ece_top_label_per_label", higher_is_better=False)
 def ece_top_label_per_label(
     y_true: Any, y_score: Any, *, threshold: float = 0.5, n_bins: int = N_BINS
 ) -> np.ndarray:
@@ -89,7 +89,7 @@ def ece_top_label_per_label(
     return _per_label(y_true, y_score, one)
 
 
-@register_metric("ece_top_label")
+@register_metric("ece_top_label", higher_is_better=False)
 def ece_top_label(y_true: Any, y_score: Any, *, threshold: float = 0.5, n_bins: int = N_BINS) -> float:
     return float(np.nanmean(ece_top_label_per_label(y_true, y_score, threshold=threshold, n_bins=n_bins)))
 
@@ -105,7 +105,7 @@ def krones_bins(v: np.ndarray, n_bins: int = N_BINS) -> np.ndarray:
     return idx
 
 
-@register_metric("krones_ce_per_label")
+@register_metric("krones_ce_per_label", higher_is_better=False)
 def krones_ce_per_label(y_true: Any, y_score: Any, *, threshold: float = 0.5, n_bins: int = N_BINS) -> np.ndarray:
     """Krones-compatible "calibration error" per label (about 0.5 when perfectly calibrated)."""
 
@@ -124,6 +124,6 @@ def krones_ce_per_label(y_true: Any, y_score: Any, *, threshold: float = 0.5, n_
     return _per_label(y_true, y_score, one)
 
 
-@register_metric("krones_ce")
+@register_metric("krones_ce", higher_is_better=False)
 def krones_ce(y_true: Any, y_score: Any, *, threshold: float = 0.5, n_bins: int = N_BINS) -> float:
     return float(np.nanmean(krones_ce_per_label(y_true, y_score, threshold=threshold, n_bins=n_bins)))

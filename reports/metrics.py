@@ -14,7 +14,9 @@ Array conventions shared by every metric module in `reports/`:
 Any module of `reports/` registers metrics with `@register_metric("name")`; the registry
 finds them in the sources (`bench.registry.PluginRegistry`, no list to keep), so
 `bench list metrics` imports none of them, and `get(name)` imports a metric's module on
-first use.
+first use. A matrix names metrics to tabulate in `reports: {metric_tables: [...]}`
+(checked against this registry by `bench plan`; built by `reports.metric_tables`), so a new
+metric is one decorated function plus its test.
 """
 
 from __future__ import annotations
@@ -30,9 +32,19 @@ MetricFn = Callable[..., Any]
 METRICS: PluginRegistry[MetricFn] = PluginRegistry("metric", "reports", "register_metric")
 
 
-def register_metric(name: str) -> Callable[[MetricFn], MetricFn]:
-    """Decorator: record a metric function under `name` (see `bench list metrics`)."""
-    return METRICS.register(name)
+def register_metric(name: str, *, higher_is_better: bool = True) -> Callable[[MetricFn], MetricFn]:
+    """Decorator: record a metric function under `name` (see `bench list metrics`).
+
+    `higher_is_better` is the direction a metric table (`reports.metric_tables`) marks as
+    best (False for errors: calibration error, false-negative rate).
+    """
+    record = METRICS.register(name)
+
+    def deco(fn: MetricFn) -> MetricFn:
+        fn.higher_is_better = higher_is_better  # type: ignore[attr-defined]
+        return record(fn)
+
+    return deco
 
 
 def get(name: str) -> MetricFn:

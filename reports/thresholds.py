@@ -79,14 +79,14 @@ def subset_accuracy(y_true: Any, y_score: Any, *, threshold: float = 0.5) -> flo
     return float(np.mean(~wrong[has_label].any(axis=1)))
 
 
-@register_metric("fnr_per_label")
+@register_metric("fnr_per_label", higher_is_better=False)
 def fnr_per_label(y_true: Any, y_score: Any, *, threshold: float = 0.5) -> np.ndarray:
     """False-negative rate FN/P per label; NaN for a label without positives."""
     k = confusion_counts(y_true, y_score, threshold)
     return _ratio(k["fn"], k["tp"] + k["fn"])
 
 
-@register_metric("fnr_mean")
+@register_metric("fnr_mean", higher_is_better=False)
 def fnr_mean(y_true: Any, y_score: Any, *, threshold: float = 0.5) -> float:
     """Nan-mean over labels of the FNR (Krones "underdiagnosis")."""
     v = fnr_per_label(y_true, y_score, threshold=threshold)

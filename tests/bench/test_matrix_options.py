@@ -143,3 +143,33 @@ def test_repository_matrices_validate_without_torch() -> None:
     root = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300, check=True)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_report_metric_tables_are_checked_against_the_metric_registry(tmp_path: Path) -> None:
+    p = write(tmp_path, """
+experiments: [{id: a}]
+reports: {metric_tables: [ece, f1_mirco]}
+""")
+    with pytest.raises(MatrixError) as err:
+        load_matrix(p)
+    msg = str(err.value)
+    assert msg.startswith(f"{p}: reports.metric_tables[1]: unknown metric 'f1_mirco'; allowed: ")
+    assert "f1_micro" in msg and "mean_auc" in msg
+    p.write_text(p.read_text().replace("f1_mirco", "f1_micro"))
+    assert load_matrix(p).reports["metric_tables"] == ["ece", "f1_micro"]
+
+
+def test_a_metric_registered_in_a_test_is_a_valid_report_metric(tmp_path: Path) -> None:
+    from reports.metrics import METRICS, register_metric
+
+    p = write(tmp_path, """
+experiments: [{id: a}]
+reports: {metric_tables: [always_half_test]}
+""")
+    with pytest.raises(MatrixError, match="unknown metric 'always_half_test'"):
+        load_matrix(p)
+    register_metric("always_half_test")(lambda y_true, y_score: 0.5)
+    try:
+        assert load_matrix(p).reports["metric_tables"] == ["always_half_test"]
+    finally:
+        METRICS._entries.pop("always_half_test", None)
