@@ -8,7 +8,7 @@
   `strategy`, `tokens_processed` (total tokens fed to the model, padding included);
   optional `flops` (total forward FLOPs). Compute is the FLOP ratio; it is **not**
   the squared token ratio the poster prints (attention cost is per sequence and the
-  linear layers dominate; see design notes, BATCHING_AND_METRICS 1.2).
+  linear layers dominate; docs/DATA_AND_METRICS.md §9).
 """
 
 from __future__ import annotations

@@ -64,7 +64,7 @@ def test_bad_fraction() -> None:
 
 
 def _paper_oracle_auc(y: np.ndarray, p: np.ndarray, fractions) -> list[float]:
-    """The Krones oracle AUC written out from its definition (BATCHING_AND_METRICS.md §2.1):
+    """The Krones oracle AUC written out from its definition (docs/DATA_AND_METRICS.md §10):
     scores modified in place across fractions, `np.argpartition` on per-row mean |p - .5|,
     referred rows' scores set to the truth, mean of the per-label AUCs that are > 0."""
     probs = p.copy()

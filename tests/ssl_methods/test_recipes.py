@@ -1,7 +1,7 @@
 """Each method's defaults equal its authors' published configuration.
 
 Every expected value below is written out with its source (repository + file / argument),
-read from the reference repositories at the commits of docs/notes SSL_METHODS.md:
+read from the reference repositories at these commits:
 facebookresearch/mae efb2a80, microsoft/SimMIM d3e29bc, Sara-Ahmed/GMML 1882712,
 Sara-Ahmed/SiT 7f22e9c, facebookresearch/dino 7c446df, facebookresearch/moco-v3 c349e6e.
 A default that drifts from the reference fails here.

@@ -1,6 +1,6 @@
 """CheXpert adapter (v1.0 small or full; train, hand-labelled valid, or test).
 
-Layout (SITES.md §2): `CheXpert-v1.0-small/{train.csv, valid.csv, train/, valid/}`
+Layout (docs/DATA_AND_METRICS.md §2): `CheXpert-v1.0-small/{train.csv, valid.csv, train/, valid/}`
 with images at `{train,valid}/patientNNNNN/studyN/viewK_{frontal,lateral}.jpg` and
 CSV `Path` values carrying the release prefix (`CheXpert-v1.0-small/valid/...`).
 `root` may be the release folder itself or a folder containing it. The test set

@@ -1,6 +1,6 @@
 """COVIDx CT adapter (Kaggle `hgunraj/covidxct`, versions 2A/3A/3B...).
 
-Layout under `root` (SITES.md §7): `<version>_images/*.png` (8-bit slices) and
+Layout under `root` (docs/DATA_AND_METRICS.md §7): `<version>_images/*.png` (8-bit slices) and
 `{train,val,test}_COVIDx_CT-<version>.txt`, one slice per line:
 ``<filename> <class> <xmin> <ymin> <xmax> <ymax>`` with class 0 Normal, 1 Pneumonia,
 2 COVID-19 and an automatic body crop box in pixels. Every listed slice is one image.

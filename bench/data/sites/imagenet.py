@@ -1,6 +1,6 @@
 """ImageNet (ILSVRC2012) class-folder adapter, a natural-image pre-training source.
 
-Layouts under `root` (SITES.md §8):
+Layouts under `root` (docs/DATA_AND_METRICS.md §8):
 * ``train/<wnid>/*.JPEG`` and optionally ``val/<wnid>/*.JPEG`` (val re-sorted into
   class folders, the torchvision ImageFolder convention);
 * the Kaggle ILSVRC copy: ``ILSVRC/Data/CLS-LOC/{train,val}`` with a *flat* ``val/``

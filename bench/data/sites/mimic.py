@@ -1,6 +1,6 @@
 """MIMIC-CXR-JPG adapter (v2.0.0 / v2.1.0 PhysioNet layout).
 
-Layout under `root` (SITES.md §5):
+Layout under `root` (docs/DATA_AND_METRICS.md §5):
     mimic-cxr-2.0.0-metadata.csv[.gz]   dicom_id, subject_id, study_id, ViewPosition, Rows, Columns, ...
     mimic-cxr-2.0.0-split.csv[.gz]      dicom_id, study_id, subject_id, split (train | validate | test)
     mimic-cxr-2.0.0-chexpert.csv[.gz]   subject_id, study_id + 14 observations (study-level)

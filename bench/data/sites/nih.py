@@ -1,6 +1,6 @@
 """NIH ChestX-ray14 adapter (official Box or Kaggle layout).
 
-Layout under `root` (see docs SITES.md §1):
+Layout under `root` (see docs/DATA_AND_METRICS.md §1):
     Data_Entry_2017_v2020.csv  (or the older Data_Entry_2017.csv)
     train_val_list.txt, test_list.txt    one image file name per line
     images/*.png   or the Kaggle copy's images_001/images/*.png ... images_012/images/*.png

@@ -1,6 +1,6 @@
 """Kermany OCT2017 adapter (retinal OCT B-scans, 4 classes, single-label).
 
-Layout (SITES.md §6): `OCT2017/{train,test}/{CNV,DME,DRUSEN,NORMAL}/<CLASS>-<patient>-<n>.jpeg`;
+Layout (docs/DATA_AND_METRICS.md §6): `OCT2017/{train,test}/{CNV,DME,DRUSEN,NORMAL}/<CLASS>-<patient>-<n>.jpeg`;
 the Kaggle copy adds `val/` and names the folder `OCT2017 ` (trailing space). `root`
 may be that folder or its parent (either spelling).
 

@@ -99,7 +99,7 @@ TOKEN_TO_LABEL: dict[str, str] = {
 }
 
 # Files of the public release that are corrupt (broken PNG chunk, truncated) or
-# missing from their archive (torchxrayvision PR #137; SITES.md §3).
+# missing from their archive (torchxrayvision PR #137; docs/DATA_AND_METRICS.md §3).
 _BAD_PREFIX = "216840111366964"
 KNOWN_BAD_IMAGES: dict[str, str] = {
     _BAD_PREFIX + stem + ".png": why

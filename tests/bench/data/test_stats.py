@@ -131,7 +131,7 @@ def _xrv_file(name: str) -> Path:
 
 @pytest.mark.slow
 def test_nih_counts_exact() -> None:
-    """SITES.md §1 per-label counts of Data_Entry_2017_v2020.csv (independent tally)."""
+    """docs/DATA_AND_METRICS.md §1 per-label counts of Data_Entry_2017_v2020.csv (independent tally)."""
     csv = pd.read_csv(_xrv_file("Data_Entry_2017_v2020.csv.gz"))
     nih_to_canonical = {"Effusion": "Pleural Effusion", "Pleural_Thickening": "Pleural Thickening"}
     tokens = csv["Finding Labels"].str.split("|")

@@ -15,7 +15,7 @@ from bench.data.labels import NIH14
 from bench.data.sites import INDEX_COLUMNS, DataError, get_site
 from bench.data.synthetic import generate
 
-# The spellings of SITES.md §1 ("Exact strings"), mapped by hand to canonical names.
+# The spellings of docs/DATA_AND_METRICS.md §1 ("Exact strings"), mapped by hand to canonical names.
 NIH_SPELLING = {
     "Atelectasis": "Atelectasis", "Cardiomegaly": "Cardiomegaly", "Consolidation": "Consolidation",
     "Edema": "Edema", "Effusion": "Pleural Effusion", "Emphysema": "Emphysema", "Fibrosis": "Fibrosis",

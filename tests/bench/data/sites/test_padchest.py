@@ -103,7 +103,7 @@ def real() -> pd.DataFrame:
 
 @pytest.mark.slow
 def test_real_csv_counts(real: pd.DataFrame) -> None:
-    """Counts quoted in SITES.md §3, recomputed on the file."""
+    """Counts quoted in docs/DATA_AND_METRICS.md §3, recomputed on the file."""
     assert len(real) == 160_861 and real["ImageID"].is_unique
     assert real["PatientID"].nunique() == 67_625
     assert real["Projection"].value_counts().to_dict() == {
