@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import torch
 
 from bench.data.batches import ImageBatches
 from bench.data.index import load_index
 from bench.data.sources import source_kwargs
 from bench.train.finetune import build_model, predict, selection_score
+from bench.train.prediction_frame import prediction_frame
 
 if TYPE_CHECKING:
     from bench.env import StageEnv
@@ -59,19 +59,8 @@ def run_evaluate(stage: "Stage", store: "Store", logger: "StageLogger", env: "St
     )
     multiclass = saved.get("task", "multilabel") == "multiclass"
     probs, rows = predict(model, batches, multiclass)
-    sub = index.iloc[rows].reset_index(drop=True)
-    out = pd.DataFrame(
-        {
-            "image_id": sub["image_id"].astype(str),
-            "patient_id": sub["patient_id"].astype(str),
-            "site": site,
-            "split": cfg["split"],
-        }
-    )
     truth = batches.targets[rows]
-    for j, c in enumerate(classes):
-        out[f"label:{c}"] = truth[:, j]
-        out[f"prob:{c}"] = probs[:, j]
+    out = prediction_frame(index.iloc[rows], site, cfg["split"], classes, truth, probs)
     with store.write_output(stage.key, "predictions.parquet") as tmp:
         out.to_parquet(tmp, index=False)
     summary: dict[str, Any] = {"images": int(len(out)), "bad_images": len(batches.bad)}

@@ -100,3 +100,55 @@ def test_stage_logs_the_weights_and_writes_validation_predictions(tmp_path: Path
     scored = pd.read_parquet(ev)
     np.testing.assert_allclose(val["prob:Finding"], scored["prob:Finding"], atol=1e-6)
     np.testing.assert_array_equal(val["label:Finding"], scored["label:Finding"])
+
+
+@pytest.mark.slow  # ~30 s wall on 2 loaded cores: two fine-tunes, two evaluations and the reports
+def test_init_study_end_to_end_with_a_standin_dinov2_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`init: dinov2` from a STAND-IN file (a tiny timm model of the DINOv2 architecture class, not
+    DINOv2) against a random init, through `bench run`: the manifest carries the fine-tune stages'
+    validation predictions and the init-study tables have Youden columns and a p-value."""
+    import timm
+    from safetensors.torch import save_file
+
+    from bench.data.synthetic.files import save_png
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    torch.manual_seed(0)
+    src = timm.create_model("vit_base_patch14_dinov2", pretrained=False, img_size=98, num_classes=0, embed_dim=96, depth=4, num_heads=3)
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(weights / "vit_base_patch14_dinov2.standin_dinov2.safetensors"))
+    monkeypatch.setenv("BENCH_WEIGHTS_DIR", str(weights))
+    site = tmp_path / "site"
+    rows = []
+    rng = np.random.default_rng(1)
+    for i in range(48):
+        split = "train" if i < 24 else ("val" if i < 36 else "test")
+        a, b = float(i % 3 == 0), float(i % 4 == 1)
+        save_png(np.clip(rng.random((56, 56)) * 0.5 + 0.3 * a + 0.2 * b, 0, 1), site / f"img{i:02d}.png")
+        rows.append({"image": f"img{i:02d}.png", "patient": f"p{i}", "split": split, "A": a, "B": b})
+    pd.DataFrame(rows).to_csv(site / "labels.csv", index=False)
+    opts = "{labels_csv: labels.csv, patient_col: patient, split_col: split}"
+    m = tmp_path / "init.yaml"
+    m.write_text(textwrap.dedent(f"""
+        name: init_e2e
+        data: {{root: {tmp_path}, sites: {{generic: {site}}}}}
+        defaults:
+          backbone: vit_dinov2_tiny_demo
+          image_size: 56
+          finetune: {{dataset: generic, site_options: {opts}, classes: [A, B], loss: weighted_bce, epochs: 2, batch_size: 8, lr: 1.0e-3}}
+          evaluate: [{{column: "Private", site: generic, split: test, classes: [A, B], site_options: {opts}}}]
+        experiments:
+          - {{id: dinov2, init: dinov2}}
+          - {{id: random}}
+        reports: {{init_reference: DINOv2, n_boot: 50}}
+    """))
+    results = tmp_path / "r"
+    assert main(["run", str(m), "--results", str(results), "--no-mlflow", "--threads", "1", "--executor", "inline"]) == 0
+    out = results / "reports" / "init"  # named after the matrix file
+    auc = (out / "init_study_auc.md").read_text()
+    assert "DINOv2" in auc and "Random" in auc and "ref." in auc
+    (line,) = list(pd.read_csv(out / "init_study_pvalues.csv").itertuples())
+    assert line.row == "Random" and 0.0 <= line.p_value <= 1.0 and line.n_boot == 50
+    findings = pd.read_csv(out / "init_study_findings_private.csv")
+    assert findings["mean"].notna().any()
+    assert "No validation predictions" not in (out / "init_study_summary.md").read_text()
