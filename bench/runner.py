@@ -101,8 +101,6 @@ def build_manifest(plan: Plan, store: Store) -> pd.DataFrame:
                 "task": e.finetune.task,
                 "n_train": store.status(c.finetune_key).get("summary", {}).get("train_images"),
                 "predictions": str(store.path(c.evaluate_key, "predictions.parquet")),
-                # the fine-tuned model on its val split: where reports choose decision thresholds (reports.youden)
-                "val_predictions": _if_file(store.path(c.finetune_key, "val_predictions.parquet")),
                 "stage_key": c.evaluate_key,
                 "run_id": st.get("mlflow_run_id") or "",
                 "finetune_key": c.finetune_key,
@@ -120,11 +118,6 @@ def build_manifest(plan: Plan, store: Store) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
-
-
-def _if_file(path: Path) -> str | None:
-    """`path` as a string when the file exists (stages written before it was an output have none)."""
-    return str(path) if path.is_file() else None
 
 
 def _size_keys(e: Any, pretrain_key: str | None, store: Store) -> dict[str, Any]:
@@ -152,8 +145,6 @@ def token_frame(plan: Plan, store: Store | None = None) -> pd.DataFrame | None:
     """
     import pandas as pd
 
-    from bench.dbb_report import run_benchmark
-
     for s in plan.ordered():
         if s.kind != "pretrain" or s.config["pretrain"]["batching"]["mode"] != "dbb":
             continue
@@ -179,6 +170,8 @@ def token_frame(plan: Plan, store: Store | None = None) -> pd.DataFrame | None:
         import backbones
 
         patch = int(b["patch"] or backbones.get_spec(s.config["backbone"]).timm_kwargs.get("patch_size", 16))
+        from bench.dbb_report import run_benchmark  # imports torch (bench.data.dbb): only for a DBB study
+
         results = run_benchmark(
             sizes["height"].to_numpy(int),
             sizes["width"].to_numpy(int),

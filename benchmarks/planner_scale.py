@@ -107,12 +107,13 @@ def _predictions(classes: list[str], rng: np.random.Generator, config: dict[str,
     return pd.DataFrame(cols)
 
 
-def write_finished_store(matrix_path: Path, results: Path, data_root: str | None = None) -> int:
+def write_finished_store(matrix_path: Path, results: Path, data_root: str | None = None, predictions: bool = True) -> int:
     """Mark every stage of the matrix done in `results/store`, the way `Store.begin`/`mark_done` would.
 
     No training: pre-training and fine-tuning outputs are placeholder files (a no-op rerun only
     checks they exist), evaluate stages get a small real `predictions.parquet` over the fine-tune's
-    classes so the reports can be built from this store. Returns the number of stages written.
+    classes so the reports can be built from this store (`predictions=False`: placeholders too,
+    for runs that build no reports). Returns the number of stages written.
     """
     from bench.data.labels import LABEL_SETS
     from bench.matrix import load_matrix
@@ -134,13 +135,14 @@ def write_finished_store(matrix_path: Path, results: Path, data_root: str | None
         (d / "config.json").write_text(json.dumps(s.to_json(), indent=2, sort_keys=True, default=str))
         name = outputs[s.kind]
         summary: dict[str, Any] = {}
-        if s.kind == "evaluate":
+        if s.kind == "evaluate" and predictions:
             frame = _predictions(classes, rng, s.config)
             frame.to_parquet(d / name, index=False)
             summary = {"images": len(frame)}
         else:
             (d / name).write_bytes(b"placeholder: written by benchmarks/planner_scale.py, never loaded")
             summary = {"images": 100000} if s.kind == "pretrain" else {"train_images": 1000, "val_images": 100}
+            summary = {"images": 64} if s.kind == "evaluate" else summary
         (d / "log.txt").write_text(f"generated {s.kind} {s.key}\n")
         status = {"state": "done", "attempts": 1, "started": now, "finished": now, "outputs": [name], "summary": summary, "error": None}
         (d / "status.json").write_text(json.dumps(status, indent=2))
