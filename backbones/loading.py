@@ -7,7 +7,9 @@ a fresh head) or have another shape (ImageNet's 1000-way head), in which case th
 file's head is dropped. Two adaptations happen before the check: the first conv
 is adapted to the model's input channels (`backbones.channels`), and a ViT
 `pos_embed` for another token grid is resampled with timm's
-`resample_abs_pos_embed` (bicubic, antialias, prefix tokens kept).
+`resample_abs_pos_embed` (bicubic, antialias, prefix tokens kept). A DINOv2 file in Meta's
+own layout (`dinov2_vitb14[_reg4]_pretrain.pth`: `mask_token`, `register_tokens`) is first put
+into timm's layout (`meta_dinov2_to_timm`), so both downloads of the same weights load alike.
 """
 
 from __future__ import annotations
@@ -81,6 +83,10 @@ def load_backbone_weights(
     """
     report = LoadReport(source=source)
     sd = dict(state_dict)
+    if "mask_token" in sd and "pos_embed" in sd:
+        sd = meta_dinov2_to_timm(sd)
+        report.adapted.append("DINOv2 file in Meta's layout -> timm's (mask_token dropped, register_tokens -> reg_token)")
+        state_dict = sd
     target = model.state_dict()
     heads = head_prefixes(model)
 
@@ -130,6 +136,24 @@ def load_backbone_weights(
         report.adapted,
     )
     return report
+
+
+def meta_dinov2_to_timm(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A DINOv2 state dict in Meta's layout -> timm's `vit_*_dinov2` layout.
+
+    Block, norm and patch-embedding names already agree. Meta's files carry the masked-image
+    token of the iBOT loss (`mask_token`), unused by a classifier: dropped. With registers,
+    Meta's `pos_embed` has a CLS position and `register_tokens` none, whereas timm's `reg4`
+    models add positions to patch tokens only (`no_embed_class`): the CLS position is folded
+    into `cls_token` (what the CLS token received at pre-training) and removed from `pos_embed`,
+    and `register_tokens` becomes `reg_token`. (timm's own converter does the same.)
+    """
+    out = {k: v for k, v in sd.items() if k != "mask_token"}
+    if "register_tokens" in out:
+        out["reg_token"] = out.pop("register_tokens")
+        out["cls_token"] = out["cls_token"] + out["pos_embed"][:, :1]
+        out["pos_embed"] = out["pos_embed"][:, 1:]
+    return out
 
 
 def _resample_pos_embed(model: nn.Module, posemb: torch.Tensor, source: str) -> torch.Tensor:

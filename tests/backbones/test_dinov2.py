@@ -99,3 +99,25 @@ def test_real_size_spec_builds_the_dinov2_architecture_at_224() -> None:
     sd = model.state_dict()
     assert sd["pos_embed"].shape == (1, 1 + 16 * 16, 768) and "blocks.11.ls2.gamma" in sd
     assert reg.state_dict()["reg_token"].shape == (1, 4, 768) and reg.state_dict()["pos_embed"].shape == (1, 256, 768)
+
+
+@pytest.mark.parametrize("name, timm_name", [("vit_dinov2_tiny_demo", "vit_base_patch14_dinov2"), ("vit_dinov2_reg_tiny_demo", "vit_base_patch14_reg4_dinov2")])
+def test_a_file_in_metas_layout_loads_like_timms(tmp_path: Path, name: str, timm_name: str) -> None:
+    """Meta's `dinov2_vitb14[_reg4]_pretrain.pth` layout: `mask_token`, and with registers
+    `register_tokens` plus a CLS position in `pos_embed` (timm folds it into `cls_token`)."""
+    timm_dir, meta_dir = tmp_path / "timm", tmp_path / "meta"
+    timm_dir.mkdir(), meta_dir.mkdir()
+    _, sd = standin_file(timm_dir, timm_name)
+    meta = {k: v for k, v in sd.items() if k not in ("reg_token",)}
+    meta["mask_token"] = torch.zeros(1, 96)
+    if "reg_token" in sd:
+        cls_pos = torch.randn(1, 1, 96)
+        meta["register_tokens"] = sd["reg_token"]
+        meta["cls_token"] = sd["cls_token"] - cls_pos
+        meta["pos_embed"] = torch.cat([cls_pos, sd["pos_embed"]], dim=1)
+    torch.save(meta, meta_dir / f"{timm_name}.standin_dinov2.pth")
+    a = backbones.create(name, init="dinov2", weights_dir=timm_dir, in_chans=3, img_size=56)
+    b = backbones.create(name, init="dinov2", weights_dir=meta_dir, in_chans=3, img_size=56)
+    for k, v in a.state_dict().items():
+        torch.testing.assert_close(b.state_dict()[k], v)
+    assert any("Meta's layout" in x for x in b.bench_init.adapted)
