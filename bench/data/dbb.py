@@ -53,8 +53,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset, Sampler
-from torch.utils.data._utils.collate import default_collate
+from torch.utils.data import Sampler
 
 from bench.compute import ViTConfig, encoder_flops, get_vit_config
 
@@ -761,7 +760,7 @@ class BinBatch(list):
     """A list of dataset indices that also carries its target grid `shape` (h, w).
 
     A plain `list` subclass so `DataLoader(batch_sampler=...)` accepts it; the shape
-    survives pickling to worker processes and is read by `BinnedDataset`.
+    survives pickling to worker processes.
     """
 
     def __init__(self, indices: Sequence[int], shape: tuple[int, int]) -> None:
@@ -950,71 +949,3 @@ def pad_to_grid(
         out[i, :, :h, :w] = im
         valid[i, :gh, :gw] = True
     return out, valid.reshape(len(imgs), H * W)
-
-
-class BinnedDataset(Dataset):
-    """Wraps a map-style dataset so each sample travels with its batch's bin shape.
-
-    `DataLoader` calls `__getitems__(batch)` with the sampler's `BinBatch`; we return
-    `(sample, shape)` pairs for `PadCollate`. Plain integer indexing returns the
-    base sample unchanged.
-    """
-
-    def __init__(self, base: Dataset) -> None:
-        self.base = base
-
-    def __len__(self) -> int:
-        return len(self.base)  # type: ignore[arg-type]
-
-    def __getitem__(self, index: int) -> Any:
-        return self.base[index]
-
-    def __getitems__(self, indices: Sequence[int]) -> list[tuple[Any, tuple[int, int] | None]]:
-        shape = getattr(indices, "shape", None)
-        return [(self.base[i], shape) for i in indices]
-
-
-class PadCollate:
-    """`collate_fn` turning a binned batch into `{"image": (B,C,H,W), "valid": (B,L), ...}`.
-
-    Accepts samples that are images (tensor/ndarray, (h,w) or (C,h,w)), dicts with an
-    `"image"` key (other keys go through `default_collate`), or `(sample, shape)`
-    pairs from `BinnedDataset`. Each image is first brought to the resize policy
-    (`max_side`); the batch grid is the pairs' shape, or the smallest grid that
-    fits every image when no shape is given.
-    """
-
-    def __init__(self, *, patch: int, max_side: int | None = None, mode: str = "pad") -> None:
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        self.patch = patch
-        self.max_side = max_side
-        self.mode = mode
-
-    def __call__(self, samples: Sequence[Any]) -> dict[str, Any]:
-        shape: tuple[int, int] | None = None
-        items = []
-        for s in samples:
-            if isinstance(s, tuple) and len(s) == 2 and (s[1] is None or isinstance(s[1], tuple)):
-                s, sh = s
-                shape = shape or sh
-            items.append(s)
-        extras: list[dict[str, Any]] = []
-        images = []
-        for s in items:
-            if isinstance(s, dict):
-                if "image" not in s:
-                    raise KeyError(f"sample dict has no 'image' key; keys: {sorted(s)}")
-                images.append(s["image"])
-                extras.append({k: v for k, v in s.items() if k != "image"})
-            else:
-                images.append(s)
-        imgs = [resize_to_policy(_as_chw(x), max_side=self.max_side) for x in images]
-        if shape is None:
-            p = self.patch
-            shape = (max(-(-im.shape[1] // p) for im in imgs), max(-(-im.shape[2] // p) for im in imgs))
-        x, valid = pad_to_grid(imgs, shape, patch=self.patch, mode=self.mode)
-        out: dict[str, Any] = {"image": x, "valid": valid}
-        if extras and extras[0]:
-            out.update(default_collate(extras))
-        return out

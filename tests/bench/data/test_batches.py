@@ -70,3 +70,19 @@ def test_both_batch_classes_skip_count_and_log_an_undecodable_image(make, tmp_pa
     assert any("skipping unreadable image" in r.getMessage() and "b.png" in r.getMessage() for r in caplog.records)
     with pytest.raises(DataError, match="b.png"):
         list(make(index, "fail").epoch_batches(0))
+
+
+def test_binned_batches_pad_each_step_to_its_planned_shape_and_mask_exactly_the_image_patches(index) -> None:  # type: ignore[no-untyped-def]
+    from bench.data.dbb import grid_size
+
+    patch, max_side = 8, 48
+    batches = BinnedBatches(index, patch=patch, max_side=max_side, in_chans=1, seed=1, batch_size=3, min_batches=1)
+    plan = batches.sampler.plan(0)
+    seen = []
+    for step, rows, x, valid in batches.epoch_batches(0):
+        H, W = (int(v) for v in plan.shape[step])
+        assert x.shape == (len(rows), 1, H * patch, W * patch) and valid.shape == (len(rows), H * W)
+        gh, gw = grid_size(index["height"].to_numpy(int)[rows], index["width"].to_numpy(int)[rows], patch=patch, max_side=max_side)
+        assert valid.sum(1).tolist() == (gh * gw).tolist()
+        seen.extend(rows.tolist())
+    assert sorted(seen) == list(range(len(index)))

@@ -9,16 +9,13 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader, Dataset
 
 from bench.compute import encoder_flops
 from bench.data.dbb import (
     BatchSizer,
     BinBatch,
-    BinnedDataset,
     DBBBatchSampler,
     MixedStepSampler,
-    PadCollate,
     build_bins,
     grid_size,
     pad_to_grid,
@@ -315,34 +312,6 @@ def test_valid_mask_never_marks_padding() -> None:
     assert torch.equal(valid, patch_sum > 0)
     with pytest.raises(ValueError, match="does not fit"):
         pad_to_grid([torch.ones(1, 40, 4)], shape, patch=patch)
-
-
-class _SizedSet(Dataset):
-    def __init__(self, h: np.ndarray, w: np.ndarray) -> None:
-        self.h, self.w = h, w
-
-    def __len__(self) -> int:
-        return len(self.h)
-
-    def __getitem__(self, i: int) -> dict[str, object]:
-        return {"image": np.ones((int(self.h[i]), int(self.w[i])), dtype=np.float32), "index": i}
-
-
-def test_dataloader_end_to_end_pads_to_bin_shape() -> None:
-    h, w = _sizes(120, seed=6, lo=20, hi=130)
-    patch, max_side = 8, 96
-    s = DBBBatchSampler.from_sizes(h, w, patch=patch, max_side=max_side, batch_size=6, min_batches=2, seed=1)
-    loader = DataLoader(BinnedDataset(_SizedSet(h, w)), batch_sampler=s, collate_fn=PadCollate(patch=patch, max_side=max_side))
-    plan = s.plan(0)
-    seen = []
-    for step, batch in enumerate(loader):
-        H, W = plan.shape[step]
-        assert batch["image"].shape[-2:] == (H * patch, W * patch)
-        assert batch["valid"].shape == (len(batch["index"]), H * W)
-        gh, gw = grid_size(h[batch["index"].numpy()], w[batch["index"].numpy()], patch=patch, max_side=max_side)
-        assert batch["valid"].sum(1).tolist() == (gh * gw).tolist()
-        seen.extend(batch["index"].tolist())
-    assert sorted(seen) == list(range(120))
 
 
 def test_binbatch_keeps_shape_through_pickle() -> None:
