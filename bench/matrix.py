@@ -692,6 +692,16 @@ def load_matrix(path: str | Path, overrides: list[str] | None = None) -> Matrix:
     rc = reports.get("reliability_column")
     if rc is not None and rc not in columns:
         raise MatrixError(f"{file}: reports.reliability_column: {rc!r} is not one of the evaluate columns {', '.join(sorted(columns))}")
+    ref = reports.get("init_reference")
+    if ref is not None:  # the init study's reference row must exist before days of training, not after
+        from bench import display_names as dn
+        from reports.init_rows import init_row
+
+        rows = list(dict.fromkeys(
+            init_row(dn.method_name(e.pretrain.method), dn.site_name(e.pretrain.dataset), dn.init_name(e.init), e.id) for e in exps
+        ))
+        if ref not in rows:
+            raise MatrixError(f"{file}: reports.init_reference: {ref!r} is not one of the initialisation rows {', '.join(rows)}")
     from bench.execute.resources import ResourceError, validate_layer
 
     try:

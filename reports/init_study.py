@@ -37,6 +37,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from bench.data.errors import DataError
+from reports.init_rows import init_row
 from reports.manifest import is_missing, ordered
 from reports.predictions import PredictionCache
 from reports.significance import _stack
@@ -59,10 +60,7 @@ def init_row_label(m_exp: pd.DataFrame, experiment: object) -> str:
     explicit = first("init_row")
     if explicit:
         return explicit
-    method, dataset, init = first("meta:Pre-training"), first("meta:Pre-training dataset"), first("meta:Initialisation")
-    if method and method != "None" and dataset and dataset != "-":
-        return f"{dataset} ({method.lower()})"
-    return init or str(experiment)
+    return init_row(first("meta:Pre-training"), first("meta:Pre-training dataset"), first("meta:Initialisation"), str(experiment))
 
 
 def format_p(p: float, n_boot: int) -> str:

@@ -89,3 +89,11 @@ def test_dinov2_init_names_the_weights_file_it_needs() -> None:
     assert spec.timm_name == "vit_base_patch14_dinov2" and spec.weight_tags == {"dinov2": "lvd142m"}
     assert backbones.patch_size("vit_base_dinov2") == 14
     assert backbones.get_spec("vit_base_dinov2_reg").timm_name == "vit_base_patch14_reg4_dinov2"
+
+
+def test_a_reference_row_that_does_not_exist_fails_at_plan_time() -> None:
+    from bench.matrix import MatrixError
+
+    with pytest.raises(MatrixError, match=r"reports.init_reference: 'DINOV2' is not one of the initialisation rows "
+                                          r"DINOv2, ImageNet-21k, MIMIC-CXR \(supervised\)"):
+        load_matrix(MATRIX, overrides=["reports.init_reference=DINOV2"])
