@@ -48,6 +48,11 @@ def register_backbone(spec: BackboneSpec) -> BackboneSpec:
     return BACKBONES.register(spec.name)(spec)
 
 
+# The tiny demo backbones have no published weights: their `imagenet1k`/`imagenet21k` tags name
+# stand-in files (`backbones.standin`: the tiny timm model, seeded, never trained) that the demo
+# twins of the paper matrices load through the same lookup as real weights.
+STANDIN_TAGS = {"imagenet1k": "standin_in1k", "imagenet21k": "standin_in21k"}
+
 # CPU-sized ViT: 8x8 grid of 8-px patches at 64 px, 96-d, 4 blocks, 3 heads (~0.46 M
 # parameters). Small enough that a few hundred 64x64 images pre-train in seconds
 # per epoch on one core; no pretrained weights exist for this shape.
@@ -58,6 +63,7 @@ register_backbone(
         family="vit",
         default_img_size=64,
         timm_kwargs={"patch_size": 8, "embed_dim": 96, "depth": 4, "num_heads": 3},
+        weight_tags=STANDIN_TAGS,
         description="tiny ViT for CPU demos and tests (patch 8, 96-d, depth 4, 3 heads, 64 px)",
     )
 )
@@ -70,6 +76,7 @@ register_backbone(
         family="resnet",
         default_img_size=None,
         timm_kwargs={"channels": (16, 32, 64, 128), "stem_width": 16},
+        weight_tags=STANDIN_TAGS,
         description="narrow ResNet-10-T for CPU demos and tests",
     )
 )
@@ -83,6 +90,7 @@ register_backbone(
         family="swin",
         default_img_size=64,
         timm_kwargs={"window_size": 4, "embed_dim": 24, "depths": (1, 1, 2, 1), "num_heads": (1, 2, 3, 6)},
+        weight_tags=STANDIN_TAGS,
         description="tiny Swin for CPU demos and tests (patch 4, window 4, 24-d stem, 64 px)",
     )
 )

@@ -84,7 +84,7 @@ def _options_model(kind: str, name: str) -> type:
         return site_options_model(name)
     if kind == "dbb":  # `pretrain.batching.options` reach the DBB batch sampler; the stage sets the rest
         set_by_stage = ("grid_h", "grid_w", "batch_size", "token_budget", "seed", "rank", "world_size")
-        return registry.signature_options("bench.data.dbb", "DBBBatchSampler.__init__", exclude=set_by_stage)
+        return registry.signature_options("bench.data.dbb", "batching_options", exclude=set_by_stage)
     if kind == "synthetic":  # `data.synthetic` are the keywords of the generator (the runner adds the matrix's sites)
         return registry.signature_options("bench.data.synthetic", "generate", exclude=("out",))
     raise ValueError(kind)
@@ -174,7 +174,19 @@ class BatchingCfg(_Strict):
     @field_validator("options")
     @classmethod
     def _options(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
-        return _check_options("dbb", "dbb", v, "the DBB sampler") if info.data.get("mode") == "dbb" else v
+        if info.data.get("mode") != "dbb":
+            return v
+        v = _check_options("dbb", "dbb", v, "the DBB sampler")
+        _dbb_split_options()(v)  # an option of the other kind of step (`steps: single|mixed`) fails here, at plan time
+        return v
+
+
+@functools.lru_cache(maxsize=None)
+def _dbb_split_options() -> Any:
+    """`bench.data.dbb.split_batching_options`, evaluated torch-free from the module's source."""
+    from bench import registry
+
+    return registry.static_namespace(registry._module_file("bench.data.dbb"), "bench.data.dbb")["split_batching_options"]
 
 
 class PretrainCfg(_Strict):
@@ -388,6 +400,18 @@ class DataCfg(_Strict):
     root: str = "data"
     sites: dict[str, str] = Field(default_factory=dict)
     synthetic: dict[str, Any] | None = None
+    # folder of the initialisation weights (`imagenet1k`, ...) in timm's file naming; for this
+    # matrix's runs it takes the place of $BENCH_WEIGHTS_DIR (never a download)
+    weights: str | None = None
+    # demo twins: `bench run` writes stand-in weights into `weights` from tiny timm models (same
+    # architecture and on-disk format as the real files, not trained on ImageNet); reports say so
+    standin_weights: bool = False
+
+    @model_validator(mode="after")
+    def _standin_needs_a_folder(self) -> "DataCfg":
+        if self.standin_weights and not self.weights:
+            raise ValueError("standin_weights: true needs data.weights (the folder to write the stand-in files to)")
+        return self
 
     @field_validator("synthetic")
     @classmethod
@@ -428,6 +452,7 @@ class Matrix(_Strict):
     reports: dict[str, Any] = Field(default_factory=dict)
     resources: dict[str, dict[str, Any]] = Field(default_factory=dict)  # cluster resources per stage kind
     variant: str = ""  # `--set` overrides, e.g. "finetune.epochs=3": names reports, MLflow experiment, manifest
+    extends: str = ""  # a demo twin: the matrix file whose experiment list it scales down (`extends:`)
 
     @property
     def reports_dir_name(self) -> str:
@@ -614,6 +639,142 @@ def _expand_grid(file: Path, gi: int, block: dict[str, Any], defaults: dict[str,
     return out
 
 
+TWIN_KEYS = ("backbones", "sites", "columns", "scale", "set")
+_EXTENDING_TOP = {"extends", "name", "description", "data", "reports", "resources", "twin"}
+
+
+def _extends(file: Path, doc: dict[str, Any]) -> tuple[dict[str, Any], Path, dict[str, Any]]:
+    """A demo twin (`extends: krones_table1.yaml`): the parent's experiment list, this file's top level.
+
+    Why: a twin must run exactly the paper's experiment list at toy scale, so it may not
+    repeat the list (a copy drifts); it names the parent and says only how to scale it
+    down (`twin:`). `name`, `description` and `data` replace the parent's, `reports` is
+    merged over the parent's, `resources` replaces them when given. Returns the merged
+    document, the parent's path and the `twin:` block.
+    """
+    unknown = set(doc) - _EXTENDING_TOP
+    if unknown:
+        raise MatrixError(
+            f"{file}: keys {sorted(unknown)} are not allowed next to 'extends' (the experiment list, defaults and "
+            f"grid come from the parent); allowed: {', '.join(sorted(_EXTENDING_TOP))}"
+        )
+    ref = doc["extends"]
+    if not isinstance(ref, str) or not ref:
+        raise MatrixError(f"{file}: extends: must be the path of a matrix file (relative to {file.parent})")
+    parent = (file.parent / ref) if not Path(ref).is_absolute() else Path(ref)
+    if not parent.is_file():
+        raise MatrixError(f"{file}: extends: no such matrix file {parent}")
+    try:
+        base = yaml.safe_load(parent.read_text())
+    except yaml.YAMLError as exc:
+        raise MatrixError(f"{parent}: not valid YAML: {exc}") from None
+    if not isinstance(base, dict):
+        raise MatrixError(f"{parent}: top level must be a mapping")
+    if "extends" in base:
+        raise MatrixError(f"{file}: extends: {parent} extends another matrix itself; a twin extends a matrix with its own experiment list")
+    merged = {k: v for k, v in base.items()}
+    for k in ("name", "description", "data", "resources"):
+        if k in doc:
+            merged[k] = doc[k]
+    if "reports" in doc:
+        if not isinstance(doc["reports"], dict):
+            raise MatrixError(f"{file}: reports: must be a mapping of report options")
+        merged["reports"] = _deep_merge(base.get("reports") or {}, doc["reports"])
+    twin = doc.get("twin") or {}
+    if not isinstance(twin, dict):
+        raise MatrixError(f"{file}: twin: must be a mapping with keys {', '.join(TWIN_KEYS)}")
+    bad = set(twin) - set(TWIN_KEYS)
+    if bad:
+        raise MatrixError(f"{file}: twin: unknown keys {sorted(bad)}; allowed keys: {', '.join(TWIN_KEYS)}")
+    for k in TWIN_KEYS:
+        if not isinstance(twin.get(k) or {}, dict):
+            raise MatrixError(f"{file}: twin.{k}: must be a mapping")
+    return merged, parent, twin
+
+
+def _site_fields(raw: dict[str, Any]) -> list[tuple[dict[str, Any], str, bool]]:
+    """(mapping, key of its site name, holds fine-tune/evaluate classes) for every site an experiment names."""
+    out: list[tuple[dict[str, Any], str, bool]] = []
+    if isinstance(raw.get("pretrain"), dict):
+        out.append((raw["pretrain"], "dataset", False))
+    if isinstance(raw.get("finetune"), dict):
+        out.append((raw["finetune"], "dataset", True))
+    for t in raw.get("evaluate") or []:
+        if isinstance(t, dict):
+            out.append((t, "site", True))
+    return out
+
+
+def _apply_twin(file: Path, twin: dict[str, Any], raw_exps: list[tuple[str, dict[str, Any]]]) -> None:
+    """Scale a parent's raw experiments down in place: backbone and site maps, `scale` factors, `set` values.
+
+    `columns` merges a mapping over the evaluation target of that report column (a
+    synthetic site lacks a split the real one has). `scale` multiplies a numeric value wherever an experiment has one (integers round, never
+    below 1), so values that differ in the paper still differ in the twin (Table 5's 500 vs
+    1000 epochs, 224 vs 448 px) and the twin's stage sharing is the paper's. `set` replaces a
+    value in every experiment (seeds, fine-tuning epochs). Each map entry must be used by the
+    parent: a typo is an error naming the twin file and key, never a silent no-op.
+    """
+    backbones_map = twin.get("backbones") or {}
+    known = _backbone_names()
+    for k, v in backbones_map.items():
+        if not isinstance(v, str) or v not in known:
+            raise MatrixError(f"{file}: twin.backbones.{k}: {v!r} is not one of {', '.join(known)}")
+        if not any(raw.get("backbone") == k for _, raw in raw_exps):
+            raise MatrixError(f"{file}: twin.backbones.{k}: no experiment of the parent uses backbone {k!r}")
+    site_map: dict[str, dict[str, Any]] = {}
+    sites = _site_names()
+    for k, v in (twin.get("sites") or {}).items():
+        entry = {"site": v} if isinstance(v, str) else v
+        if not isinstance(entry, dict) or set(entry) - {"site", "site_options", "classes"} or "site" not in entry:
+            raise MatrixError(
+                f"{file}: twin.sites.{k}: give a site name or a mapping with 'site' and optionally 'site_options', 'classes'"
+            )
+        if entry["site"] not in sites:
+            raise MatrixError(f"{file}: twin.sites.{k}.site: {entry['site']!r} is not one of {', '.join(sites)}")
+        if not any(m.get(key) == k for _, raw in raw_exps for m, key, _c in _site_fields(raw)):
+            raise MatrixError(f"{file}: twin.sites.{k}: no experiment of the parent uses site {k!r}")
+        site_map[k] = entry
+    columns = twin.get("columns") or {}
+    for col, over in columns.items():
+        if not isinstance(over, dict):
+            raise MatrixError(f"{file}: twin.columns.{col}: must be a mapping merged over that evaluation target")
+        if not any(isinstance(t, dict) and t.get("column") == col for _, raw in raw_exps for t in raw.get("evaluate") or []):
+            raise MatrixError(f"{file}: twin.columns.{col}: no evaluation target of the parent has column {col!r}")
+    scale = twin.get("scale") or {}
+    for k, f in scale.items():
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not math.isfinite(f) or f <= 0:
+            raise MatrixError(f"{file}: twin.scale.{k}: {f!r} is not a positive factor")
+        if not any(isinstance(_get_dotted(raw, k), (int, float)) for _, raw in raw_exps):
+            raise MatrixError(f"{file}: twin.scale.{k}: no experiment of the parent has a number at {k!r}")
+    for _, raw in raw_exps:
+        if raw.get("backbone") in backbones_map:
+            raw["backbone"] = backbones_map[raw["backbone"]]
+        for m, key, has_classes in _site_fields(raw):
+            entry = site_map.get(m.get(key))
+            if entry is None:
+                continue
+            m[key] = entry["site"]
+            if "site_options" in entry:
+                m["site_options"] = copy.deepcopy(entry["site_options"])
+            if has_classes and "classes" in entry:
+                m["classes"] = copy.deepcopy(entry["classes"])
+        raw["evaluate"] = [
+            _deep_merge(t, columns[t["column"]]) if isinstance(t, dict) and t.get("column") in columns else t
+            for t in raw.get("evaluate") or []
+        ]
+        for k, f in scale.items():
+            v = _get_dotted(raw, k)
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                continue
+            _set_dotted(raw, k, (max(1, round(v * f)) if v >= 1 else v) if isinstance(v, int) else v * f)
+        for k, v in (twin.get("set") or {}).items():
+            try:
+                _set_dotted(raw, str(k), v)
+            except TypeError as exc:
+                raise MatrixError(f"{file}: twin.set.{k}: {exc}") from None
+
+
 def load_matrix(path: str | Path, overrides: list[str] | None = None) -> Matrix:
     """Load, expand and validate a matrix file. Raises `MatrixError` with a one-paragraph message.
 
@@ -630,6 +791,10 @@ def load_matrix(path: str | Path, overrides: list[str] | None = None) -> Matrix:
         raise MatrixError(f"{file}: not valid YAML: {exc}") from None
     if not isinstance(doc, dict):
         raise MatrixError(f"{file}: top level must be a mapping with keys name, defaults, experiments and/or grid")
+    parent: Path | None = None
+    twin: dict[str, Any] = {}
+    if "extends" in doc:  # a demo twin: the parent's experiments, scaled down by `twin:`
+        doc, parent, twin = _extends(file, doc)
     allowed_top = {"name", "description", "data", "defaults", "experiments", "grid", "reports", "resources"}
     unknown = set(doc) - allowed_top
     if unknown:
@@ -655,6 +820,8 @@ def load_matrix(path: str | Path, overrides: list[str] | None = None) -> Matrix:
         raw_exps.extend(_expand_grid(file, gi, block, defaults))
     if not raw_exps:
         raise MatrixError(f"{file}: defines no experiments (give 'experiments:' and/or 'grid:')")
+    if parent is not None:
+        _apply_twin(file, twin, raw_exps)
     ids = {str(raw.get("id")) for _, raw in raw_exps}
     for exp_id, key, value in sets:
         if exp_id is None and key.split(".")[0] in TOP_LEVEL_OVERRIDES:
@@ -668,7 +835,9 @@ def load_matrix(path: str | Path, overrides: list[str] | None = None) -> Matrix:
                 except TypeError as exc:
                     raise MatrixError(f"--set {key}: {exc}") from None
     own = {f"experiments[{i}]": e for i, e in enumerate(doc.get("experiments") or []) if isinstance(e, dict)}
-    exps = [_validate_experiment(file, where, raw, defaults if not sets else None, own.get(where)) for where, raw in raw_exps]
+    # line numbers of `defaults:` typos only when the raw experiments are the file's own
+    line_hints = not sets and parent is None
+    exps = [_validate_experiment(file, where, raw, defaults if line_hints else None, own.get(where)) for where, raw in raw_exps]
     seen: dict[str, str] = {}
     for (where, _), e in zip(raw_exps, exps):
         if e.id in seen:
@@ -718,4 +887,5 @@ def load_matrix(path: str | Path, overrides: list[str] | None = None) -> Matrix:
         path=file,
         data=data,
         experiments=exps,
+        extends=str(parent) if parent is not None else "",
     )

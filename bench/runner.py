@@ -10,9 +10,10 @@ import json
 import logging
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from bench import display_names as dn
 from bench.data.labels import resolve_classes
@@ -69,6 +70,51 @@ def ensure_synthetic(matrix: Matrix) -> None:
     generate(Path(matrix.data.root), sites=sites, **opts)
 
 
+def ensure_weights(matrix: Matrix) -> list[Path]:
+    """Write the stand-in initialisation weights a demo twin asks for (`data.standin_weights`).
+
+    Why here: a user running a twin by hand (`bench run matrix/demo_krones_table1.yaml`)
+    gets the files as part of the run's data set-up, like the synthetic sites; nothing
+    is downloaded. Existing files are kept (writing is deterministic anyway).
+    """
+    if not (matrix.data.standin_weights and matrix.data.weights):
+        return []
+    from backbones.specs import PRETRAINED_INITS
+    from backbones.standin import write_standin
+
+    wanted = sorted({(e.backbone, e.init) for e in matrix.experiments if e.init in PRETRAINED_INITS})
+    return [write_standin(b, i, matrix.data.weights) for b, i in wanted]
+
+
+@contextmanager
+def weights_dir(matrix: Matrix) -> Iterator[None]:
+    """The matrix's `data.weights` folder as $BENCH_WEIGHTS_DIR while its stages run.
+
+    The variable is what every stage's weight lookup (`backbones.weights`) reads, in this
+    process and in the executor's workers, which inherit the environment; restored after.
+    """
+    if not matrix.data.weights:
+        yield
+        return
+    from backbones.weights import WEIGHTS_DIR_ENV
+
+    before = os.environ.get(WEIGHTS_DIR_ENV)
+    os.environ[WEIGHTS_DIR_ENV] = str(Path(matrix.data.weights).expanduser().resolve())
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(WEIGHTS_DIR_ENV, None)
+        else:
+            os.environ[WEIGHTS_DIR_ENV] = before
+
+
+def _init_display(matrix: Matrix, init: str) -> str:
+    """The init's display name; `(stand-in)` when a demo twin replaced its weights file."""
+    name = dn.init_name(init)
+    return f"{name} (stand-in)" if matrix.data.standin_weights and init not in ("random",) and not init.startswith("file:") else name
+
+
 def _sites_used(matrix: Matrix) -> set[str]:
     used = set()
     for e in matrix.experiments:
@@ -108,9 +154,10 @@ def build_manifest(plan: Plan, store: Store) -> pd.DataFrame:
                 "location": c.target.location,
                 # display names (bench.display_names): reports/ is torch-free and never sees the registries
                 "finetune_site": e.finetune.dataset,
-                "label": dn.experiment_label(e.id, e.backbone, e.pretrain.method, e.init, e.pretrain.dataset),
+                "label": dn.experiment_label(e.id, e.backbone, e.pretrain.method, e.init, e.pretrain.dataset)
+                + (" (stand-in)" if _init_display(plan.matrix, e.init) != dn.init_name(e.init) else ""),
                 "meta:Backbone": dn.backbone_name(e.backbone),
-                "meta:Initialisation": dn.init_name(e.init),
+                "meta:Initialisation": _init_display(plan.matrix, e.init),
                 "meta:Pre-training": dn.method_name(e.pretrain.method),
                 "meta:Pre-training dataset": dn.site_name(e.pretrain.dataset),
                 "meta:Fine-tuning": dn.site_name(e.finetune.dataset),
@@ -341,6 +388,7 @@ def run_matrix(matrix: Matrix, opts: RunOptions) -> tuple[RunSummary, Plan, list
         # experiments whose stages are all done were audited when they ran
         report = audit_plan(_pending_part(plan, {s.key for s in todo}))
         check_leakage(report, matrix.path)
+        ensure_weights(matrix)
         # pre-training on the fine-tuning site's own train/val images is by design; evaluation overlap is not
         shared = report[(report["shared_patients"] > 0) & (report["pair"] != "pretrain-finetune")] if not report.empty else report
         for r in shared.itertuples():
@@ -397,7 +445,8 @@ def run_matrix(matrix: Matrix, opts: RunOptions) -> tuple[RunSummary, Plan, list
         if executor is None:  # every stage is done: no executor, no job body, no torch
             summary = RunSummary(skipped=[s.key for s in stages])
         else:
-            summary = executor.run(stages, ctx)
+            with weights_dir(matrix):
+                summary = executor.run(stages, ctx)
         if executor is not None and not executor.waits and opts.wait:
             keys = [*summary.submitted, *summary.queued]
             log.info("waiting for %d stage(s) on the cluster", len(keys))

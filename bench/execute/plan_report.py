@@ -37,15 +37,17 @@ def missing_inputs(plan: Plan, done: set[str]) -> list[str]:
             if not Path(root).exists():
                 roots[site] = root
         init = s.config.get("init", "random")
-        if s.kind in ("pretrain", "finetune") and init not in ("random",) and not init.startswith("stage:"):
-            msg = _weights_problem(s.config.get("backbone", ""), init)
+        # a demo twin's stand-in weights are written by `bench run` itself
+        standin = plan.matrix.data.standin_weights
+        if s.kind in ("pretrain", "finetune") and init not in ("random",) and not init.startswith("stage:") and not standin:
+            msg = _weights_problem(s.config.get("backbone", ""), init, plan.matrix.data.weights)
             if msg and msg not in warnings:
                 warnings.append(msg)
     warnings = [f"data root for site {k!r} does not exist: {v}" for k, v in sorted(roots.items())] + warnings
     return warnings
 
 
-def _weights_problem(backbone: str, init: str) -> str | None:
+def _weights_problem(backbone: str, init: str, weights_dir: str | None = None) -> str | None:
     if init.startswith("file:"):
         p = Path(init[5:]).expanduser()
         return None if p.exists() else f"init weights file does not exist: {p}"
@@ -53,7 +55,7 @@ def _weights_problem(backbone: str, init: str) -> str | None:
     from backbones.weights import resolve_pretrained_file
 
     try:
-        resolve_pretrained_file(backbones.get_spec(backbone), init)
+        resolve_pretrained_file(backbones.get_spec(backbone), init, weights_dir)
     except Exception as exc:  # the loader's own message says how to point at a local file
         return f"{backbone} init {init!r}: {str(exc).splitlines()[0]}"
     return None
