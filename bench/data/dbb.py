@@ -48,7 +48,7 @@ accumulates over a step's micro-batches; `DBBBatchSampler` keeps one shape per s
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -549,6 +549,9 @@ class MixedPlan:
     world_size: int
     n_images: int
     tokens: np.ndarray  # (N,) per-image sequence length incl. prefix (for rank splits)
+    grid_h: np.ndarray | None = None  # (N,) per-image grid, for `aligned_micro_batches`
+    grid_w: np.ndarray | None = None
+    pad_bound: int = 0
 
     def __len__(self) -> int:
         return int(self.step_bounds.size - 1)
@@ -580,6 +583,78 @@ class MixedPlan:
             if e > s:
                 out.append((self.order[s:e], (int(self.micro_shape[m, 0]), int(self.micro_shape[m, 1]))))
         return out
+
+    def aligned_micro_batches(self, step: int, rank: int = 0) -> list[AlignedMicroBatch]:
+        """Rank `rank`'s micro-batches of `step`, with the same count and shapes on every rank.
+
+        Why: under DistributedDataParallel every rank should run the same sequence of
+        forward/backward passes (same shapes, balanced work; the gradient all-reduce
+        happens once, after the last micro-batch). The step's images, in size order,
+        are dealt in *rows* of `world_size` consecutive images (one per rank); a row's
+        shape is the element-wise max grid of its images, and consecutive rows in the
+        same `pad_bound + 1` cell form one micro-batch padded to its largest member.
+        Padding is thus limited to rows that straddle two grids (none with one rank,
+        where this equals `micro_batches(step)`). A step whose image count is not a
+        multiple of `world_size` repeats its own first images to fill the last row
+        (only the epoch's short last step with a fixed batch size; any step with a
+        token budget), as `DistributedSampler` pads an epoch.
+
+        Each micro-batch also says where its rows sit in the step as one global batch
+        (`offset`, `total`, see `ssl_methods.shard.sample_rows`): micro-batch m holds
+        global rows [first_row_m * W, last_row_m * W), rank-major, so per-sample random
+        draws do not depend on the world size or the split into micro-batches. `tokens`
+        is the micro-batch's real (unpadded) patch tokens on this rank, `step_tokens`
+        the step's over all ranks (with repeats): the loss weight of a micro-batch.
+        """
+        if self.grid_h is None or self.grid_w is None:
+            raise ValueError("this plan has no per-image grids (plan it with plan_mixed_epoch)")
+        a, b = int(self.step_bounds[step]), int(self.step_bounds[step + 1])
+        W = self.world_size
+        idx = self.order[a:b]
+        rows = -(-idx.size // W)
+        grid = np.resize(idx, rows * W).reshape(rows, W)  # repeats the step's first images if short
+        gh, gw = self.grid_h[grid], self.grid_w[grid]
+        rh, rw = gh.max(axis=1), gw.max(axis=1)
+        q = self.pad_bound + 1
+        if q == 1:
+            change = (rh[1:] != rh[:-1]) | (rw[1:] != rw[:-1])
+        else:
+            change = (rh[1:] // q != rh[:-1] // q) | (rw[1:] // q != rw[:-1] // q)
+        starts = np.concatenate([[0], np.flatnonzero(change) + 1, [rows]])
+        step_tokens = int((gh * gw).sum())
+        out = []
+        for r0, r1 in zip(starts[:-1].tolist(), starts[1:].tolist()):
+            n = r1 - r0
+            mine = grid[r0:r1, rank]
+            out.append(
+                AlignedMicroBatch(
+                    indices=mine,
+                    shape=(int(rh[r0:r1].max()), int(rw[r0:r1].max())),
+                    offset=r0 * W + rank * n,
+                    total=rows * W,
+                    tokens=int((self.grid_h[mine] * self.grid_w[mine]).sum()),
+                    step_tokens=step_tokens,
+                    group=grid[r0:r1].ravel(),
+                )
+            )
+        return out
+
+
+@dataclass(frozen=True)
+class AlignedMicroBatch:
+    """One rank's micro-batch of a mixed-shape step (see `MixedPlan.aligned_micro_batches`).
+
+    `group` holds the same micro-batch's images on every rank (stand-ins for an
+    unreadable image must come from it: they fit `shape`).
+    """
+
+    indices: np.ndarray
+    shape: tuple[int, int]
+    offset: int
+    total: int
+    tokens: int
+    step_tokens: int
+    group: np.ndarray
 
 
 def size_order(grid_h: np.ndarray, grid_w: np.ndarray, *, pad_bound: int = 0) -> np.ndarray:
@@ -694,6 +769,9 @@ def plan_mixed_epoch(
         world_size=world_size,
         n_images=n,
         tokens=tokens,
+        grid_h=gh,
+        grid_w=gw,
+        pad_bound=pad_bound,
     )
 
 
@@ -751,6 +829,60 @@ class MixedStepSampler:
     def __len__(self) -> int:
         """Steps per epoch; fixed for a fixed batch size, may vary by one with a token budget."""
         return len(self.plan())
+
+
+# ------------------------------------------------------------- batching options
+
+STEPS = ("single", "mixed")
+# options that only one kind of step uses: setting one for the other kind is an error, not a silent no-op
+SINGLE_STEP_OPTIONS = ("flop_budget", "model", "min_batches", "mode", "resize_bound", "remainder")
+MIXED_STEP_OPTIONS = ("pool_batches", "pad_bound")
+
+
+def batching_options(
+    *,
+    steps: Literal["single", "mixed"] = "single",
+    flop_budget: float | None = None,
+    model: str = "vit_base",
+    num_prefix_tokens: int = 1,
+    min_batches: float = 4.0,
+    mode: Literal["pad", "resize", "fit"] = "pad",
+    resize_bound: int = 1,
+    remainder: Literal["partial", "drop", "fill"] = "partial",
+    pool_batches: float = 16.0,
+    pad_bound: int = 0,
+) -> dict[str, Any]:
+    """The keywords of a matrix's `pretrain.batching.options` (mode `dbb`), with their defaults.
+
+    The matrix validates these names and types at plan time (read from this signature,
+    torch-free). `steps: single` (default) runs one bin shape per optimiser step
+    (`DBBBatchSampler`: `min_batches`, `mode`, `resize_bound`, `remainder`,
+    `flop_budget`, `model`); `steps: mixed` runs each optimiser step as several
+    single-shape micro-batches with gradient accumulation (`plan_mixed_epoch`:
+    `pool_batches`, `pad_bound`; `bench.train.mixed`). Use `split_batching_options`.
+    """
+    return dict(locals())
+
+
+def split_batching_options(options: Mapping[str, Any] | None) -> tuple[str, dict[str, Any]]:
+    """(`steps`, the sampler keywords) of a `batching.options` mapping.
+
+    Single-shape steps get exactly the keys given (the sampler's own defaults apply);
+    mixed-shape steps get `pool_batches`, `pad_bound`, `num_prefix_tokens`. An option of
+    the other kind of step raises ValueError.
+    """
+    given = dict(options or {})
+    full = batching_options(**given)  # TypeError on an unknown keyword
+    steps = full["steps"]
+    if steps not in STEPS:
+        raise ValueError(f"batching option steps must be one of {STEPS}, got {steps!r}")
+    other = SINGLE_STEP_OPTIONS if steps == "mixed" else MIXED_STEP_OPTIONS
+    wrong = sorted(set(given) & set(other))
+    if wrong:
+        raise ValueError(f"batching options {wrong} do not apply to steps: {steps}")
+    if steps == "mixed":
+        return steps, {k: full[k] for k in (*MIXED_STEP_OPTIONS, "num_prefix_tokens")}
+    return steps, {k: v for k, v in given.items() if k != "steps"}
 
 
 # -------------------------------------------------------------------------- sampler

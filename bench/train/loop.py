@@ -27,6 +27,7 @@ from torch import nn
 
 from bench.tracking import StageLogger
 from bench.data.batches import BinnedBatches, ImageBatches
+from bench.train.mixed import MixedStep
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -79,11 +80,26 @@ def default_param_groups(model: nn.Module, weight_decay: float) -> list[dict[str
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def _multi_tensor(groups: list[dict[str, Any]]) -> dict[str, bool]:
+    """The fastest exact implementation torch has for these parameters: `fused` when every
+    parameter is a float tensor on CPU or CUDA, else `foreach`.
+
+    Why: on CPU torch's default is the per-tensor loop, which launches ~10 element-wise
+    ops per parameter tensor; for ViT-B MAE that was 31% of a training step (issue 13.2).
+    The fused kernel does the same AdamW/SGD update in one pass over each tensor (same
+    formula; float results may differ only in rounding order).
+    """
+    params = [p for g in groups for p in g["params"]]
+    if params and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params):
+        return {"fused": True}
+    return {"foreach": True}
+
+
 def make_optimizer(groups: list[dict[str, Any]], cfg: OptimCfg) -> torch.optim.Optimizer:
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, **_multi_tensor(groups))
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, **_multi_tensor(groups))
     raise ValueError(f"optimizer {cfg.optimizer!r} is not one of adamw, sgd")
 
 
@@ -116,6 +132,53 @@ def _atomic_save(obj: Any, path: Path) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _accumulate(
+    model: nn.Module,
+    batch: MixedStep,
+    step_fn: Callable[[torch.Tensor, torch.Tensor | None, torch.Generator], tuple[torch.Tensor, dict[str, float]]],
+    seed: int,
+    dev: torch.device,
+    amp: torch.dtype | None,
+    world: int,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Forward + backward of every micro-batch of a mixed-shape step; returns the rank's
+    weighted loss (detached) and logs. The caller zeroes gradients first and steps after.
+
+    Each micro-batch re-seeds torch with the step's seed and runs as its rows of the step
+    (`shard.sample_rows`), so its random draws are the one big batch's. Its loss is
+    scaled by `weight * world`: weights sum to 1 over all ranks and DDP averages the
+    gradients over ranks, so the update is that of the weighted sum of micro-batch losses.
+    Under DDP the gradient all-reduce runs once, after the last micro-batch (`no_sync`
+    before), which is why every rank runs the same number of micro-batches.
+    """
+    from contextlib import nullcontext
+
+    from ssl_methods import shard
+
+    total = torch.zeros((), device=dev)
+    sums: dict[str, float] = {}
+    wsum = 0.0
+    last = len(batch.micro) - 1
+    for i, mb in enumerate(batch.micro):
+        torch.manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)
+        x = mb.x.to(dev, non_blocking=True)
+        y = mb.valid.to(dev, non_blocking=True)
+        sync = nullcontext() if world == 1 or i == last else model.no_sync()  # type: ignore[operator]
+        with sync:
+            with shard.sample_rows(mb.offset, int(x.shape[0]), mb.total):
+                with torch.autocast(dev.type, dtype=amp or torch.float32, enabled=amp is not None):
+                    loss, logs = step_fn(x, y, gen)
+            loss = loss.float()
+            (loss * (mb.weight * world)).backward()
+        total = total + mb.weight * loss.detach()
+        wsum += mb.weight
+        for k, v in logs.items():
+            sums[k] = sums.get(k, 0.0) + mb.weight * float(v)
+    wsum = max(wsum, 1e-12)
+    return total / wsum, {k: v / wsum for k, v in sums.items() if k != "loss"}
 
 
 def fit(
@@ -244,11 +307,16 @@ def fit(
                     g["lr"] = lr
                     if cfg.weight_decay_end is not None and base > 0:
                         g["weight_decay"] = lr_at(global_step, total, 0, base, cfg.weight_decay_end)
-                x = x.to(dev, non_blocking=True)
-                y = y.to(dev, non_blocking=True) if y is not None else None
-                with torch.autocast(dev.type, dtype=amp or torch.float32, enabled=amp is not None):
-                    loss, logs = step_fn(x, y, gen)
-                loss = loss.float()
+                mixed = isinstance(x, MixedStep)
+                if mixed:  # micro-batches: forward + backward each, gradients accumulate (bench.train.mixed)
+                    opt.zero_grad(set_to_none=True)
+                    loss, logs = _accumulate(model, x, step_fn, s, dev, amp, world)
+                else:
+                    x = x.to(dev, non_blocking=True)
+                    y = y.to(dev, non_blocking=True) if y is not None else None
+                    with torch.autocast(dev.type, dtype=amp or torch.float32, enabled=amp is not None):
+                        loss, logs = step_fn(x, y, gen)
+                    loss = loss.float()
                 finite = bool(torch.isfinite(loss))
                 nonfinite, signum = (not finite), None
                 if world > 1:
@@ -259,10 +327,11 @@ def fit(
                         f"loss became {where} at epoch {epoch} step {step} (global step {global_step}); "
                         "lower the learning rate or check the input data"
                     )
-                if signum is not None:  # agreed before this step's backward: the model is as after the previous step
+                if signum is not None:  # agreed before this step's update: the model is as after the previous step
                     raise stop(epoch, step, signum)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
+                if not mixed:
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
                 if cfg.clip_grad:
                     clip_gradients([p for g in groups for p in g["params"]], cfg.clip_grad, cfg.clip_mode)
                 opt.step()

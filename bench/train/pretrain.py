@@ -21,12 +21,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from bench import distributed
+from bench.data.dbb import split_batching_options
 from bench.data.labels import label_set
 from bench.data.batches import BinnedBatches, ImageBatches
 from bench.data.index import load_index
 from bench.data.sources import open_cache, site_read_options, source_kwargs
 from bench.data.subsets import pretrain_subset
 from bench.train.loop import OptimCfg, fit
+from bench.train.mixed import MixedBinnedBatches
 from ssl_methods.supervised import masked_bce  # noqa: F401 - the fine-tune stage's loss too
 
 if TYPE_CHECKING:
@@ -72,12 +74,16 @@ def run_pretrain(stage: "Stage", store: "Store", logger: "StageLogger", env: "St
         **p["options"],
     )
     groups = method.param_groups(p["weight_decay"])
+    steps, sampler_options = split_batching_options(p["batching"]["options"]) if dbb else ("single", {})
+    mixed = steps == "mixed"  # mixed-shape steps: micro-batches with gradient accumulation
     shard.split_invariant_drop_path(method)  # stochastic depth too: same masks per sample on any world size
 
     def step_fn(x: torch.Tensor, y: torch.Tensor | None, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         # this rank holds rows [rank * b, (rank + 1) * b) of the global batch: per-sample
         # draws (masks, crops) are made for the global batch and sliced, whatever the world size
         b = x.shape[0]
+        if mixed:  # the loop runs each micro-batch as its rows of the step (bench.train.mixed)
+            return engine(x, valid=y)
         with shard.sample_rows(env.rank * b, b, b * env.world_size):
             if needs_labels:
                 return engine(x, labels=y)
@@ -89,7 +95,7 @@ def run_pretrain(stage: "Stage", store: "Store", logger: "StageLogger", env: "St
         patch = int(b["patch"] or method.patch or 0)
         if not patch:
             raise ValueError(f"batching: dbb needs a patch size; method {p['method']!r} exposes none, set pretrain.batching.patch")
-        batches: ImageBatches | BinnedBatches = BinnedBatches(
+        batches: ImageBatches | BinnedBatches = (MixedBinnedBatches if mixed else BinnedBatches)(
             index,
             patch=patch,
             max_side=b["max_side"],
@@ -102,9 +108,12 @@ def run_pretrain(stage: "Stage", store: "Store", logger: "StageLogger", env: "St
             cache=open_cache(env.cache_root, site, p["site_options"], 0),
             rank=env.rank,
             world_size=env.world_size,
-            **b["options"],
+            **sampler_options,
         )
-        logger.text(f"DBB: {len(batches)} steps per epoch, {batches.sampler.bins.n_bins} bins, max side {b['max_side']} px")
+        if mixed:
+            logger.text(f"DBB: {len(batches)} mixed-shape steps per epoch (micro-batches of one grid), max side {b['max_side']} px")
+        else:
+            logger.text(f"DBB: {len(batches)} steps per epoch, {batches.sampler.bins.n_bins} bins, max side {b['max_side']} px")
     else:
         batches = ImageBatches(
             index,
