@@ -45,97 +45,40 @@ import multiprocessing
 import os
 import shutil
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
-from bench.data.io import ImageReadError, read_image
+from bench.data import cache_shards
+from bench.data.cache_shards import (  # noqa: F401  (re-exported: the worker side lives in a pandas-free module)
+    NATIVE_FILE,
+    REPORT,
+    RESIZE_POLICIES,
+    SHARDS_DIR,
+    CacheConfig,
+    _decode,
+    _native_shape,
+    _quantise,
+    _resize,
+    _shard_name,
+    _write_shard,
+    claim_shards,
+    fixed_file,
+    resize_square,
+    shard_rows,
+)
+from bench.data.io import ImageReadError
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "cache.json"
-REPORT = "report.json"
 INDEX_FILE = "index.parquet"
-NATIVE_FILE = "native.bin"
-RESIZE_POLICIES = ("squash", "crop", "pad")
 ON_ERROR = ("skip", "fail")
 NATIVE_DTYPES = ("uint16", "uint8")
 FORMAT_VERSION = 1
-
-
-@dataclass(frozen=True)
-class CacheConfig:
-    """What a cache was built with; a folder is reused only for the same config and rows."""
-
-    size: int | None = 224
-    resize: str = "squash"
-    native: bool = False
-    native_dtype: str = "uint16"
-    native_max_side: int | None = None
-    png16: str = "container"
-
-
-def fixed_file(size: int) -> str:
-    return f"images_{size}.npy"
-
-
-def resize_square(img: np.ndarray, size: int, policy: str = "squash") -> np.ndarray:
-    """float32 (H, W) in [0, 1] -> float32 (size, size) by `policy` (see module doc)."""
-    if policy not in RESIZE_POLICIES:
-        raise ValueError(f"resize policy must be one of {RESIZE_POLICIES}, got {policy!r}")
-    h, w = img.shape
-    if policy == "crop":
-        side = min(h, w)
-        top, left = (h - side) // 2, (w - side) // 2
-        img = img[top : top + side, left : left + side]
-    if policy == "pad":
-        scale = size / max(h, w)
-        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-        inner = _resize(img, nh, nw)
-        out = np.zeros((size, size), dtype=np.float32)
-        top, left = (size - nh) // 2, (size - nw) // 2
-        out[top : top + nh, left : left + nw] = inner
-        return out
-    return _resize(img, size, size)
-
-
-def _resize(img: np.ndarray, height: int, width: int) -> np.ndarray:
-    if img.shape == (height, width):
-        return img.astype(np.float32, copy=False)
-    pil = Image.fromarray(np.ascontiguousarray(img, dtype=np.float32), mode="F")
-    out = np.asarray(pil.resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)
-    return np.clip(out, 0.0, 1.0)
-
-
-def _native_shape(h: int, w: int, max_side: int | None) -> tuple[int, int]:
-    if max_side is None or max(h, w) <= max_side:
-        return h, w
-    scale = max_side / max(h, w)
-    return max(1, round(h * scale)), max(1, round(w * scale))
-
-
-def _quantise(img: np.ndarray, dtype: str) -> np.ndarray:
-    top = 255.0 if dtype == "uint8" else 65535.0
-    return np.round(np.clip(img, 0.0, 1.0) * top).astype(dtype)
-
-
-def _decode(task: tuple[str, CacheConfig]) -> tuple[np.ndarray | None, np.ndarray | None, str | None]:
-    """Worker: (fixed-size uint8 image, native image, error) for one path."""
-    path, cfg = task
-    try:
-        img = read_image(path, png16=cfg.png16)  # type: ignore[arg-type]
-    except ImageReadError as exc:
-        return None, None, exc.reason
-    fixed = _quantise(resize_square(img, cfg.size, cfg.resize), "uint8") if cfg.size else None
-    native = None
-    if cfg.native:
-        nh, nw = _native_shape(*img.shape, cfg.native_max_side)
-        native = _quantise(_resize(img, nh, nw), cfg.native_dtype)
-    return fixed, native, None
 
 
 def _fingerprint(index: pd.DataFrame) -> str:
@@ -156,20 +99,9 @@ def _fingerprint(index: pd.DataFrame) -> str:
 # need nothing from each other, so a cluster job array can run one shard per task
 # (`prepare_shard(..., shard=i, n_shards=n)`) and a final task runs `merge`.
 
-SHARDS_DIR = "shards"
 SHARD_PLAN = "plan.json"
 DEFAULT_SHARD_ROWS = 256
-
-
-def shard_rows(n_rows: int, shard: int, n_shards: int) -> range:
-    """Index rows of shard `shard` of `n_shards`: contiguous, sizes differ by at most one."""
-    if not 0 <= shard < n_shards:
-        raise ValueError(f"shard must be in [0, {n_shards}), got {shard}")
-    return range(shard * n_rows // n_shards, (shard + 1) * n_rows // n_shards)
-
-
-def _shard_name(shard: int, n_shards: int) -> str:
-    return f"shard-{shard:05d}-of-{n_shards:05d}"
+SHARDS_PER_WORKER = 8  # shards are taken dynamically; more, smaller shards shorten the tail
 
 
 def _validate(index: pd.DataFrame, size: int | None, native: bool, native_dtype: str, resize: str, on_error: str) -> None:
@@ -214,53 +146,6 @@ def _shard_plan(out: Path, cfg: CacheConfig, fingerprint: str, n_rows: int, n_sh
     return n_shards
 
 
-def _write_shard(
-    out: Path, rows: list[tuple[str, str]], cfg: CacheConfig, on_error: str, shard: int, n_shards: int
-) -> str:
-    """Decode `rows` (image_id, path) into one shard folder; atomic; returns its name."""
-    final = out / SHARDS_DIR / _shard_name(shard, n_shards)
-    if final.is_dir():
-        return final.name
-    tmp = out / SHARDS_DIR / f".{final.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    n = len(rows)
-    try:
-        fixed = (
-            np.lib.format.open_memmap(tmp / "fixed.npy", mode="w+", dtype=np.uint8, shape=(n, cfg.size, cfg.size))
-            if cfg.size
-            else None
-        )
-        ok = np.zeros(n, dtype=bool)
-        shapes = np.zeros((n, 2), dtype=np.int64)
-        skipped: list[dict[str, str]] = []
-        with open(tmp / NATIVE_FILE, "wb") as native_fh:
-            for r, (image_id, path) in enumerate(rows):
-                small, big, error = _decode((path, cfg))
-                if error is not None:
-                    if on_error == "fail":
-                        raise ImageReadError(path, error)
-                    skipped.append({"image_id": image_id, "path": path, "reason": error})
-                    continue
-                ok[r] = True
-                if fixed is not None:
-                    fixed[r] = small
-                if big is not None:
-                    native_fh.write(np.ascontiguousarray(big).tobytes())
-                    shapes[r] = big.shape
-        if fixed is not None:
-            fixed.flush()
-            del fixed
-        np.savez(tmp / "meta.npz", ok=ok, shapes=shapes)
-        (tmp / REPORT).write_text(json.dumps(skipped) + "\n")
-        os.rename(tmp, final)  # the shard appears complete or not at all
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final.name
-
-
 def prepare_shard(
     index: pd.DataFrame,
     out_dir: str | Path,
@@ -292,27 +177,18 @@ def prepare_shard(
     return out / SHARDS_DIR / _write_shard(out, sub, cfg, on_error, shard, n_shards)
 
 
-def _shard_task(task: tuple[str, list[tuple[str, str]], CacheConfig, str, int, int]) -> tuple[str, str] | None:
-    """Worker: one shard; an `ImageReadError` comes back as (path, reason) (it does not pickle)."""
-    out, rows, cfg, on_error, shard, n_shards = task
-    try:
-        _write_shard(Path(out), rows, cfg, on_error, shard, n_shards)
-    except ImageReadError as exc:
-        return str(exc.path), exc.reason
-    return None
-
-
 def _worker_context() -> multiprocessing.context.BaseContext:
     """Process start method for shard workers.
 
     Forking the caller is unsafe (it may hold torch/BLAS threads), and "spawn" makes
-    every worker import pandas, PIL and numpy again (seconds on a loaded machine). A
-    fork server is a fresh single-threaded process that imports this module once;
-    workers fork from it in milliseconds. "spawn" where fork servers do not exist.
+    every worker import PIL and numpy again (seconds on a loaded machine). A fork
+    server is a fresh single-threaded process that imports the worker module
+    (`bench.data.cache_shards`, no pandas) once; workers fork from it in milliseconds.
+    "spawn" where fork servers do not exist.
     """
     if "forkserver" in multiprocessing.get_all_start_methods():
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload([__name__])
+        ctx.set_forkserver_preload([cache_shards.__name__])
         return ctx
     return multiprocessing.get_context("spawn")
 
@@ -427,9 +303,12 @@ def prepare(
     holding anything else is an error (never overwritten silently).
 
     Work is split into `n_shards` shards (default: about 256 images each, at least
-    4 per worker) decoded by `workers` processes (`0`: every core), each one image at
-    a time into its own shard files, so memory stays bounded whatever the collection
-    size. Finished shards of an interrupted run are reused. `max_shards` stops after
+    8 per worker) decoded by `workers` processes (`0`: every core), this one included,
+    each one image at a time into its own shard files, so memory stays bounded whatever
+    the collection size and no pixels travel between processes. Every process takes
+    the next unfinished shard when it is done with one (`claim_shards`), and this
+    process starts decoding while the others start up. Finished shards of an
+    interrupted run are reused. `max_shards` stops after
     that many new shards without merging and returns None (a partial run, as if
     killed; for tests and for spreading work over several calls).
     """
@@ -448,31 +327,32 @@ def prepare(
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     n = len(index)
     if n_shards is None:
-        n_shards = max(1, min(n, max(-(-n // DEFAULT_SHARD_ROWS), 4 * workers if workers > 1 else 1)))
+        n_shards = max(1, min(n, max(-(-n // DEFAULT_SHARD_ROWS), SHARDS_PER_WORKER * workers if workers > 1 else 1)))
     n_shards = _shard_plan(out, cfg, fingerprint, n, n_shards)
     todo = missing_shards(out)
     if max_shards is not None:
         todo = todo[:max_shards]
-    ids = index["image_id"].astype(str).tolist()
-    paths = index["path"].astype(str).tolist()
-
-    def task(s: int) -> tuple[str, list[tuple[str, str]], CacheConfig, str, int, int]:
-        r = shard_rows(n, s, n_shards)
-        return (str(out), list(zip(ids[r.start : r.stop], paths[r.start : r.stop])), cfg, on_error, s, n_shards)
-
-    if workers <= 1 or len(todo) <= 1:
-        for s in todo:
-            failed = _shard_task(task(s))
-            if failed is not None:
-                raise ImageReadError(*failed)
+    job = cache_shards.ShardJob(
+        str(out), index["image_id"].astype(str).tolist(), index["path"].astype(str).tolist(), cfg, on_error, todo, n_shards
+    )
+    helpers = min(workers, len(todo)) - 1  # this process is one of the workers
+    if helpers <= 0:
+        failed = claim_shards(job, cache_shards.LocalClaims())
     else:
-        pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=_worker_context())
+        ctx = _worker_context()
+        claims = cache_shards.SharedClaims(ctx)
+        pool = ProcessPoolExecutor(
+            max_workers=helpers, mp_context=ctx, initializer=cache_shards.init_worker, initargs=(claims,)
+        )
         try:
-            for failed in pool.map(_shard_task, (task(s) for s in todo)):
-                if failed is not None:
-                    raise ImageReadError(*failed)
-        finally:  # on an error (policy "fail") do not start the remaining shards
+            futures = [pool.submit(claim_shards, job) for _ in range(helpers)]
+            failed = claim_shards(job, claims)  # decode here too while the helpers start
+            failed = failed or next((f for f in (fut.result() for fut in futures) if f is not None), None)
+        finally:  # on an error (policy "fail") or an interrupt, no process claims another shard
+            claims.stop()
             pool.shutdown(wait=True, cancel_futures=True)
+    if failed is not None:
+        raise ImageReadError(*failed)
     if max_shards is not None and missing_shards(out):
         return None
     return merge(index, out)

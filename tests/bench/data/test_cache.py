@@ -305,3 +305,45 @@ def test_cli_job_array_tasks_commit_the_cache(tmp_path: Path, capsys: pytest.Cap
     a = cache_dir_for(tmp_path / "c", "padchest", {}) / "size16"
     b = cache_dir_for(one, "padchest", {}) / "size16"
     assert (a / "images_16.npy").read_bytes() == (b / "images_16.npy").read_bytes()
+
+
+def test_parallel_workers_share_shards_dynamically_and_match_one_process(tmp_path: Path) -> None:
+    """Issue 13 §4: every process (this one included) claims the next unfinished shard;
+    the cache is bit-identical to a one-process prepare whatever the shard count."""
+    index = _many(tmp_path, n=12)
+    kw = dict(size=24, native=True)
+    one = prepare(index, tmp_path / "one", **kw)
+    many = prepare(index, tmp_path / "many", workers=3, n_shards=12, **kw)
+    assert many == one
+    _same_cache(tmp_path / "many", tmp_path / "one")
+
+
+def test_parallel_fail_policy_stops_every_worker(tmp_path: Path) -> None:
+    index = _many(tmp_path, n=12)
+    with pytest.raises(ImageReadError, match="im3.png"):
+        prepare(index, tmp_path / "cache", size=24, on_error="fail", workers=2, n_shards=12)
+    assert not (tmp_path / "cache" / MANIFEST).exists()
+    # the failing shard left no temporaries and is not marked finished
+    left = [p.name for p in (tmp_path / "cache" / "shards").iterdir()]
+    assert not [n for n in left if n.startswith(".")] and "shard-00003-of-00012" not in left
+
+
+def test_claims_hand_out_each_shard_once() -> None:
+    import multiprocessing
+
+    from bench.data.cache_shards import LocalClaims, SharedClaims
+
+    for claims in (LocalClaims(), SharedClaims(multiprocessing.get_context("spawn"))):
+        assert [claims.next() for _ in range(3)] == [0, 1, 2]
+        claims.stop()
+        assert claims.next() is None
+
+
+def test_worker_module_does_not_import_pandas() -> None:
+    """Shard workers fork from a server that imports only `bench.data.cache_shards`."""
+    import subprocess
+    import sys
+
+    code = "import sys, bench.data.cache_shards; print('pandas' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
