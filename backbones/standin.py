@@ -51,7 +51,9 @@ def write_standin(backbone: str, init: str, weights_dir: str | Path) -> Path:
         return path
     spec = backbones.get_spec(backbone)
     kwargs = dict(spec.timm_kwargs)
-    if spec.family in ("vit", "swin"):
+    # a ViT keeps timm's default input size, as real checkpoints do (DINOv2: 518 px), so loading
+    # resamples its positional embeddings like it resamples the real file's
+    if spec.family == "swin":
         kwargs["img_size"] = spec.default_img_size
     torch.manual_seed(zlib.crc32(f"{backbone}/{init}".encode()))
     model = timm.create_model(spec.timm_name, pretrained=False, in_chans=3, num_classes=1000, **kwargs)
