@@ -19,7 +19,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 DEFAULT_RESULTS = Path(os.environ.get("BENCH_RESULTS", "results"))
 
@@ -317,6 +317,8 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     png16 = site_read_options(args.site).get("png16", "container")
     kw = dict(size=args.size or None, native=args.native, native_max_side=args.native_max_side, png16=png16, on_error=args.on_error)
     t0 = time.time()
+    if args.executor == "slurm":
+        return _prepare_on_slurm(args, index, out, opts, str(root), kw, t0)
     if args.shard is not None:
         # one task of a cluster job array: decode one shard, merge when it was the last one missing
         from bench.data.cache import merge, missing_shards, prepare_shard
@@ -337,6 +339,33 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     if counts:
         print("  " + ", ".join(f"{k}={v}" for k, v in counts.items()))
     print(f"  skipped images (if any) are listed in {out / 'report.json'}")
+    return 0
+
+
+def _prepare_on_slurm(args: argparse.Namespace, index: Any, out: Path, opts: dict, root: str, kw: dict, t0: float) -> int:
+    """`bench data prepare --executor slurm`: a job array of shards and a merge job (bench.execute.prepare_array)."""
+    from bench.data.cache import MANIFEST, plan_shards
+    from bench.execute import prepare_array
+
+    if args.shard is not None:
+        raise CLIError("--shard is what each array task runs; with --executor slurm bench submits the tasks itself")
+    if (out / MANIFEST).is_file():
+        print(f"cache for {args.site} at {out} is complete; nothing to submit")
+        return 0
+    n_shards, todo = plan_shards(index, out, n_shards=args.n_shards, **kw)
+    spec = prepare_array.PrepareSpec(args.site, root, dict(opts), str(out), dict(kw), n_shards)
+    res = prepare_array.prepare_resources(*_resource_layers(args))
+    folder = Path(args.cache_dir) / "slurm" / "prepare"
+    sub = prepare_array.submit(spec, todo, folder, res, snapshot_root=Path(args.cache_dir) / "slurm" / "code")
+    array = sub.shard_jobs[0].split("_")[0] if sub.shard_jobs else "-"
+    print(f"submitted {len(todo)} of {n_shards} shard(s) of {args.site} ({len(index)} images) as array {array}, "
+          f"merge job {sub.merge_job} (afterok); logs in {folder}")
+    if not args.wait:
+        return 0
+    if not prepare_array.wait(sub, out):
+        print(f"prepare jobs ended without committing the cache at {out}; see the logs in {folder}", file=sys.stderr)
+        return 1
+    print(f"cache committed at {out} in {time.time() - t0:.1f}s")
     return 0
 
 
@@ -491,6 +520,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--shard", type=int, default=None, help="decode only shard I of --n-shards (one task of a job array, e.g. $SLURM_ARRAY_TASK_ID)")
     pr.add_argument("--merge", action="store_true", help="with --shard: commit the cache if every shard is done")
     pr.add_argument("--cache-dir", type=Path, default=DEFAULT_RESULTS / "cache", help="caches root; stages of `bench run --results R` use R/cache (default %(default)s)")
+    pr.add_argument("--executor", choices=["local", "slurm"], default="local", help="local (this machine's cores) or slurm (one array task per unfinished shard, then a merge job after them); default %(default)s")
+    pr.add_argument("--wait", action="store_true", help="slurm: follow the jobs until the cache is committed")
+    _add_slurm(pr)
     pr.set_defaults(fn=cmd_data_prepare)
 
     st = dsub.add_parser("stats", help="dataset summary and label-distribution tables (Krones Tables 9-13)")

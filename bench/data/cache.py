@@ -193,6 +193,31 @@ def _worker_context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("spawn")
 
 
+def plan_shards(
+    index: pd.DataFrame,
+    out_dir: str | Path,
+    size: int | None = 224,
+    *,
+    n_shards: int | None = None,
+    resize: str = "squash",
+    native: bool = False,
+    native_dtype: str = "uint16",
+    native_max_side: int | None = None,
+    png16: str = "container",
+    on_error: str = "skip",
+) -> tuple[int, list[int]]:
+    """Fix the shard plan of a cache before a job array runs it: (shard count in force,
+    unfinished shards). An existing plan of the same rows and parameters keeps its
+    count (a resubmission does only what is left); `n_shards` defaults to about
+    `DEFAULT_SHARD_ROWS` images per shard."""
+    _validate(index, size, native, native_dtype, resize, on_error)
+    cfg = CacheConfig(size, resize, native, native_dtype, native_max_side, png16)
+    n = len(index)
+    wanted = n_shards if n_shards is not None else max(1, -(-n // DEFAULT_SHARD_ROWS))
+    planned = _shard_plan(Path(out_dir), cfg, _fingerprint(index), n, wanted)
+    return planned, missing_shards(out_dir)
+
+
 def missing_shards(out_dir: str | Path) -> list[int]:
     """Shards of the plan in `out_dir/shards/` that are not finished yet."""
     d = Path(out_dir) / SHARDS_DIR

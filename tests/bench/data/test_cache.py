@@ -347,3 +347,17 @@ def test_worker_module_does_not_import_pandas() -> None:
     code = "import sys, bench.data.cache_shards; print('pandas' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_plan_shards_fixes_the_count_and_lists_what_is_left(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench.data import cache
+    from bench.data.cache import plan_shards
+
+    index = _many(tmp_path, n=7)
+    assert plan_shards(index, tmp_path / "c", 24, n_shards=3) == (3, [0, 1, 2])
+    prepare_shard(index, tmp_path / "c", 24, shard=1, n_shards=3)
+    assert plan_shards(index, tmp_path / "c", 24, n_shards=5) == (3, [0, 2])  # the existing plan wins
+    monkeypatch.setattr(cache, "DEFAULT_SHARD_ROWS", 3)
+    assert plan_shards(index, tmp_path / "d", 24)[0] == 3  # 7 images, about DEFAULT_SHARD_ROWS a shard
+    with pytest.raises(FileExistsError, match="other rows or parameters"):
+        plan_shards(index, tmp_path / "c", 32, n_shards=3)
