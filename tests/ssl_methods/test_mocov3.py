@@ -121,23 +121,3 @@ def test_backbones_run_and_export(backbone: str, head: list[str], tmp_path: Path
 def test_batch_of_one_is_rejected() -> None:
     with pytest.raises(ValueError, match="at least 2"):
         _moco()(torch.rand(1, 1, 64, 64))
-
-
-@pytest.mark.slow
-def test_loss_decreases() -> None:
-    """Without augmentation the two views coincide, so instance discrimination is learnable in a
-    few dozen steps (with heavy crops on 32 sinusoids the loss stays at chance that early)."""
-    torch.manual_seed(0)
-    model = ssl_methods.create("mocov3", backbone="vit_tiny_demo", img_size=64, augment=False)
-    yy, xx = torch.meshgrid(torch.linspace(0, 1, 64), torch.linspace(0, 1, 64), indexing="ij")
-    data = torch.stack([0.5 + 0.4 * torch.sin(6.28 * (f * xx + g * yy)) for f, g in torch.rand(32, 2) * 3])[:, None]
-    opt = torch.optim.AdamW(model.param_groups(0.1), lr=1e-3)
-    losses = []
-    for step in range(25):
-        loss, _ = model(data[torch.randint(0, 32, (8,))])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        model.after_step(step / 25)
-        losses.append(loss.item())
-    assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
