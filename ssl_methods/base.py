@@ -16,7 +16,7 @@ from abc import ABCMeta, abstractmethod
 import dataclasses
 import math
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Collection, Iterable, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -131,24 +131,30 @@ class SSLMethod(nn.Module, metaclass=ABCMeta):
         return set()
 
     def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
-        """Two AdamW groups: decayed weights and undecayed 1-D tensors / biases.
+        """AdamW groups by `decay_groups`, exempting `no_weight_decay_names` too."""
+        return decay_groups(self.named_parameters(), weight_decay, self.no_weight_decay_names())
 
-        The DINO/MAE rule: no decay on tensors with ndim <= 1 or names ending in
-        `.bias` (so `cls_token`/`pos_embed`/`mask_token` are decayed unless a method
-        lists them in `no_weight_decay_names`). Frozen parameters are left out.
-        """
-        skip = self.no_weight_decay_names()
-        decay: list[nn.Parameter] = []
-        no_decay: list[nn.Parameter] = []
-        for pname, param in self.named_parameters():
-            if not param.requires_grad:
-                continue
-            if param.ndim <= 1 or pname.endswith(".bias") or pname in skip:
-                no_decay.append(param)
-            else:
-                decay.append(param)
-        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        return [g for g in groups if g["params"]]
+
+def decay_groups(
+    named_parameters: Iterable[tuple[str, nn.Parameter]], weight_decay: float, skip: Collection[str] = ()
+) -> list[dict[str, Any]]:
+    """Two AdamW groups: decayed weights and undecayed 1-D tensors / biases (empty groups left out).
+
+    The DINO/MAE rule, for pre-training and fine-tuning alike: no decay on tensors with
+    ndim <= 1 or names ending in `.bias` (so `cls_token`/`pos_embed`/`mask_token` are
+    decayed unless named in `skip`). Frozen parameters are left out.
+    """
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    for pname, param in named_parameters:
+        if not param.requires_grad:
+            continue
+        if param.ndim <= 1 or pname.endswith(".bias") or pname in skip:
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
 
 
 def cosine_momentum(base: float, progress: float) -> float:

@@ -282,14 +282,7 @@ def run_finetune(stage: "Stage", store: "Store", logger: "StageLogger", env: "St
             x = augment_batch(x, gen)
         return (cross_entropy_onehot(model(x), y) if multiclass else loss_fn(model(x), y)), {}
 
-    optim = OptimCfg(
-        epochs=f["epochs"],
-        lr=f["lr"],
-        min_lr=f["min_lr"],
-        weight_decay=f["weight_decay"],
-        warmup_epochs=f["warmup_epochs"],
-        optimizer=f["optimizer"],
-    )
+    optim = OptimCfg.of_section(f)
     fit(
         model=model,
         groups=default_param_groups(model, f["weight_decay"]),

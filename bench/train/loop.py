@@ -18,9 +18,9 @@ import os
 import signal
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -47,6 +47,16 @@ class OptimCfg:
     optimizer: str = "adamw"
     betas: tuple[float, float] = (0.9, 0.999)
 
+    @classmethod
+    def of_section(cls, section: Mapping[str, Any]) -> OptimCfg:
+        """The optimiser settings of a stage's matrix section (`pretrain` or `finetune`): each field
+        the section has, the defaults above for the others (fine-tuning sets no clipping or betas,
+        pre-training no optimizer)."""
+        kw = {f.name: section[f.name] for f in fields(cls) if f.name in section}
+        if "betas" in kw:
+            kw["betas"] = tuple(kw["betas"])
+        return cls(**kw)
+
 
 def lr_at(step: int, total: int, warmup: int, base: float, final: float) -> float:
     """Linear warm-up from 0 over `warmup` steps, then half-cosine from `base` to `final`."""
@@ -71,13 +81,10 @@ def clip_gradients(params: list[torch.Tensor], clip: float, mode: str) -> None:
 
 
 def default_param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """No weight decay on 1-D tensors (norms, biases), as DINO/MAE/GMML do."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    """No weight decay on 1-D tensors (norms, biases): the rule the SSL methods use (`ssl_methods.base.decay_groups`)."""
+    from ssl_methods.base import decay_groups
+
+    return decay_groups(model.named_parameters(), weight_decay)
 
 
 def _multi_tensor(groups: list[dict[str, Any]]) -> dict[str, bool]:

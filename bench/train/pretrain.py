@@ -149,17 +149,7 @@ def run_pretrain(stage: "Stage", store: "Store", logger: "StageLogger", env: "St
     engine = distributed.wrap(method, device)  # DDP when world_size > 1; the forward must go through it
 
     after = method.after_step
-    optim = OptimCfg(
-        epochs=p["epochs"],
-        lr=p["lr"],
-        min_lr=p["min_lr"],
-        weight_decay=p["weight_decay"],
-        warmup_epochs=p["warmup_epochs"],
-        clip_grad=p["clip_grad"],
-        clip_mode=p.get("clip_mode", "global"),
-        weight_decay_end=p.get("weight_decay_end"),
-        betas=tuple(p.get("betas", (0.9, 0.999))),  # the method's reference recipe unless the matrix sets it
-    )
+    optim = OptimCfg.of_section(p)  # betas, clipping, wd schedule: the method's reference recipe unless the matrix sets them
     state = fit(
         model=engine,
         groups=groups,

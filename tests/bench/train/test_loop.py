@@ -209,3 +209,15 @@ def test_immediate_interrupt_saves_nothing_and_names_the_checkpoint_on_disk(batc
             step_fn=lambda x, y, g: (_ for _ in ()).throw(KeyboardInterrupt()), cfg=OptimCfg(epochs=1, lr=1e-2),
             seed=11, checkpoint=tmp_path / "none.pt", logger=StageLogger(None, None, log))
     assert "no checkpoint is on disk" in log.read_text() and not (tmp_path / "none.pt").exists()
+
+
+def test_optimiser_settings_come_from_the_stage_section() -> None:
+    """One construction for both stages (`OptimCfg.of_section`): what a section sets, defaults otherwise."""
+    from bench.matrix import FinetuneCfg, PretrainCfg
+
+    p = PretrainCfg(method="mae", dataset="nih", lr=1e-3, clip_grad=None, betas=(0.9, 0.95), weight_decay_end=0.4).model_dump()
+    cfg = OptimCfg.of_section(p)
+    assert (cfg.lr, cfg.clip_grad, cfg.betas, cfg.weight_decay_end, cfg.optimizer) == (1e-3, None, (0.9, 0.95), 0.4, "adamw")
+    f = FinetuneCfg(optimizer="sgd", lr=0.1, weight_decay=0.0, epochs=3).model_dump()
+    cfg = OptimCfg.of_section(f)
+    assert (cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.epochs, cfg.clip_grad, cfg.betas) == ("sgd", 0.1, 0.0, 3, None, (0.9, 0.999))
