@@ -8,12 +8,12 @@ experiment with a pre-training stage (`MIMIC-CXR (supervised)`), else its initia
 
 Tables (`build_reports(..., init_reference="DINOv2")`):
 
-* `init_study_auc` - init x dataset: mean AUC over findings (mean over seeds) and the
-  two-sided p-value of its difference to the reference row on the same column;
+* `init_study_auc` - dataset x initialisation: mean AUC over findings (mean over seeds) and
+  the two-sided p-value of its difference to the reference row on the same column;
 * `init_study_summary` - per dataset and init: mean AUC, and accuracy / sensitivity /
   specificity averaged over findings at the validation Youden threshold and at 0.5;
-* `init_study_findings_<column>` - per finding: AUC, and accuracy / sensitivity /
-  specificity at both thresholds (`reports.youden`);
+* `init_study_findings_<column>` - per initialisation and finding: AUC, and accuracy /
+  sensitivity / specificity at both thresholds (`reports.youden`);
 * `init_study_pvalues.csv` (written next to them by `build_reports`): exact p-values,
   differences and their bootstrap intervals, one line per comparison.
 
@@ -203,36 +203,44 @@ def _bold_best(rows: list[Row], n_cols: int, digits: int) -> None:
                 c.bold = round(c.mean, digits) == best
 
 
+def _bold_best_per_row(rows: list[Row], digits: int) -> None:
+    """Bold the highest displayed number of each row (the best initialisation of a dataset)."""
+    for r in rows:
+        cells = [c for c in r.cells if c.numeric]
+        if len(cells) < 2:
+            continue
+        best = max(round(c.mean, digits) for c in cells)
+        for c in cells:
+            c.bold = round(c.mean, digits) == best
+
+
 def auc_table(st: InitStudy) -> Table:
-    """init x dataset: mean AUC and p-value against the reference row."""
+    """Dataset x initialisation: mean AUC, and for every other row the p-value against the reference."""
     heads, groups = [], []
-    for col in st.columns:
-        heads += [f"{col} AUC", f"{col} p"]
-        groups.append((col, 2))
-    rows = []
     for r in st.rows:
+        heads.append(f"{r} AUC")
+        if r != st.reference:
+            heads.append(f"{r} p")
+        groups.append((r, 1 if r == st.reference else 2))
+    rows = []
+    for col in st.columns:
         cells = []
-        for col in st.columns:
+        for r in st.rows:
             key = (r, col)
-            if key not in st.cell_experiment:
-                cells += [Cell(), Cell()]
-                continue
-            mean, sd = st.auc[key]
-            cells.append(Cell(mean, sd, sources=st.sources[key]))
-            if r == st.reference:
-                cells.append(Cell(text="ref."))
-            else:
+            have = key in st.cell_experiment
+            cells.append(Cell(*st.auc[key], sources=st.sources[key]) if have else Cell())
+            if r != st.reference:
                 c = st.comparisons.get(key)
                 cells.append(Cell(text=format_p(c.diff.p_value, st.n_boot) if c else "-"))
-        rows.append(Row(r, cells))
-    _bold_best(rows, len(heads), 4)
+        rows.append(Row(col, cells))
+    _bold_best_per_row(rows, 4)
     t = Table(
         "init_study_auc",
-        f"Initialisation x dataset: mean AUC over the findings of each dataset's test set (mean over seeds; in "
+        f"Initialisation per dataset: mean AUC over the findings of each dataset's test set (mean over seeds; in "
         f"brackets the sample sd over seeds when there are several) and the two-sided p-value of its difference to "
-        f"the {st.reference} row on the same test images (paired stratified bootstrap over images, B = {st.n_boot}, "
-        f"seed {st.seed}). In bold, best per dataset.",
-        "Initialisation",
+        f"the {st.reference} initialisation on the same test images (paired stratified bootstrap over images, "
+        f"B = {st.n_boot}, seed {st.seed}). In bold, best per dataset.",
+        "Dataset",
         heads,
         rows,
         column_groups=groups,
@@ -279,30 +287,37 @@ def summary_table(st: InitStudy) -> Table:
 
 
 def findings_table(st: InitStudy, column: str, name: str) -> Table:
-    """Per finding of one dataset: AUC and the threshold metrics at both thresholds, rows grouped by metric."""
+    """Per finding of one dataset: AUC and the threshold metrics at both thresholds; rows grouped by
+    initialisation, one per finding plus their mean (narrow enough for a page with 14+ findings)."""
     keys = [(r, column) for r in st.rows if (r, column) in st.cell_experiment]
     classes = list(st.findings[keys[0]][0].classes)
     fixed = st.findings[keys[0]][0].fixed
-    heads = classes + ["Mean"]
-    groups = [("AUC", None, "auc")] + [(f"{METRIC_NAMES[k]} (Youden)", "at_youden", k) for k in THRESHOLD_METRICS]
-    groups += [(f"{METRIC_NAMES[k]} ({fixed:g})", "at_fixed", k) for k in THRESHOLD_METRICS]
+    metrics = [("AUC", None, "auc")] + [(f"{METRIC_NAMES[k]} (Youden)", "at_youden", k) for k in THRESHOLD_METRICS]
+    metrics += [(f"{METRIC_NAMES[k]} ({fixed:g})", "at_fixed", k) for k in THRESHOLD_METRICS]
     rows = []
-    for label, attr, k in groups:
-        for key in keys:
-            fm = st.findings[key]
-            per = _seed_mean([f.auc if attr is None else getattr(f, attr)[k] for f in fm])
-            cells = [Cell(float(v), sources=st.sources[key]) for v in per] + [Cell(_nanmean(per), sources=st.sources[key])]
-            rows.append(Row(key[0], cells, group=label))
-    _bold_best(rows, len(heads), 4)
+    for key in keys:
+        fm = st.findings[key]
+        per = [_seed_mean([f.auc if attr is None else getattr(f, attr)[k] for f in fm]) for _, attr, k in metrics]
+        for j, cls in enumerate([*classes, "Mean"]):
+            vals = [v[j] if j < len(classes) else _nanmean(v) for v in per]
+            rows.append(Row(cls, [Cell(float(v), sources=st.sources[key]) for v in vals], group=key[0]))
+    # best initialisation per finding and metric: compare rows with the same finding across groups
+    by_label: dict[str, list[Row]] = {}
+    for r in rows:
+        by_label.setdefault(r.label, []).append(r)
+    for same in by_label.values():
+        _bold_best([Row(r.label, r.cells) for r in same], len(metrics), 4)
     t = Table(
         name,
         f"Initialisation study, {column}: per finding AUC, and accuracy, sensitivity and specificity at the "
         "finding's Youden threshold chosen on the fine-tuning validation split and at the fixed threshold "
-        f"{fixed:g} (positive when p >= threshold); mean over seeds. Mean: over findings. In bold, best per metric.",
-        "Initialisation",
-        heads,
+        f"{fixed:g} (positive when p >= threshold); mean over seeds. Mean: over findings. In bold, the best "
+        "initialisation per finding and metric.",
+        "Finding",
+        [m[0] for m in metrics],
         rows,
-        group_header="Metric",
+        column_groups=[("", 1), ("Youden threshold (validation)", 3), (f"Threshold {fixed:g}", 3)],
+        group_header="Initialisation",
     )
     _note_no_validation(t, st)
     return t
