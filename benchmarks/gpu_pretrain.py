@@ -521,7 +521,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--compile", action="store_true", help="torch.compile the method")
     ap.add_argument("--attention", choices=["sdpa", "flash", "efficient", "cudnn", "sdpa-math", "math"], default="sdpa",
                     help="sdpa: timm's fused scaled_dot_product_attention, backend chosen by torch (default); flash/efficient/cudnn/sdpa-math: "
-                         "that SDPA backend only; math: timm's unfused attention")
+                         "that SDPA backend only (flash takes no attention mask: fixed workload only, DBB batches carry a key mask); "
+                         "math: timm's unfused attention")
     ap.add_argument("--channels-last", action="store_true", help="channels-last memory format (helps ResNet backbones)")
     ap.add_argument("--source", default="synthetic", help="synthetic (a pinned pool, cycled), loader (DataLoader, random pixels) or cache:DIR (a `bench data prepare` cache folder)")
     ap.add_argument("--pool", type=int, default=8, help="synthetic source: batches made up front (DBB: the plan's first steps)")
