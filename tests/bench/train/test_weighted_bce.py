@@ -146,7 +146,7 @@ def test_init_study_end_to_end_with_a_standin_dinov2_file(tmp_path: Path, monkey
     assert main(["run", str(m), "--results", str(results), "--no-mlflow", "--threads", "1", "--executor", "inline"]) == 0
     out = results / "reports" / "init"  # named after the matrix file
     auc = (out / "init_study_auc.md").read_text()
-    assert "DINOv2" in auc and "Random" in auc and "ref." in auc
+    assert "| Dataset | DINOv2 AUC | Random AUC | Random p |" in auc and "| Private |" in auc
     (line,) = list(pd.read_csv(out / "init_study_pvalues.csv").itertuples())
     assert line.row == "Random" and 0.0 <= line.p_value <= 1.0 and line.n_boot == 50
     findings = pd.read_csv(out / "init_study_findings_private.csv")
