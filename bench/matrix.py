@@ -640,6 +640,7 @@ def _expand_grid(file: Path, gi: int, block: dict[str, Any], defaults: dict[str,
 
 
 TWIN_KEYS = ("backbones", "sites", "columns", "scale", "set")
+_TWIN_ONE = re.compile(r"^experiments\[([^\]]+)\]\.(.+)$")
 _EXTENDING_TOP = {"extends", "name", "description", "data", "reports", "resources", "twin"}
 
 
@@ -709,11 +710,13 @@ def _apply_twin(file: Path, twin: dict[str, Any], raw_exps: list[tuple[str, dict
     """Scale a parent's raw experiments down in place: backbone and site maps, `scale` factors, `set` values.
 
     `columns` merges a mapping over the evaluation target of that report column (a
-    synthetic site lacks a split the real one has). `scale` multiplies a numeric value wherever an experiment has one (integers round, never
-    below 1), so values that differ in the paper still differ in the twin (Table 5's 500 vs
-    1000 epochs, 224 vs 448 px) and the twin's stage sharing is the paper's. `set` replaces a
-    value in every experiment (seeds, fine-tuning epochs). Each map entry must be used by the
-    parent: a typo is an error naming the twin file and key, never a silent no-op.
+    synthetic site lacks a split the real one has). `scale` multiplies a numeric value
+    wherever an experiment has one (integers round, never below 1; a 0 stays 0), so values
+    that differ in the paper still differ in the twin (Table 5's 500 vs 1000 epochs, 224 vs
+    448 px) and the twin's stage sharing is the paper's. `set` replaces a value in every
+    experiment (seeds, fine-tuning epochs), or in one (`experiments[ID].key`, as `--set`).
+    Each map entry must be used by the parent: a typo is an error naming the twin file and
+    key, never a silent no-op.
     """
     backbones_map = twin.get("backbones") or {}
     known = _backbone_names()
@@ -741,6 +744,11 @@ def _apply_twin(file: Path, twin: dict[str, Any], raw_exps: list[tuple[str, dict
             raise MatrixError(f"{file}: twin.columns.{col}: must be a mapping merged over that evaluation target")
         if not any(isinstance(t, dict) and t.get("column") == col for _, raw in raw_exps for t in raw.get("evaluate") or []):
             raise MatrixError(f"{file}: twin.columns.{col}: no evaluation target of the parent has column {col!r}")
+    ids = {str(raw.get("id")) for _, raw in raw_exps}
+    for k in twin.get("set") or {}:
+        one = _TWIN_ONE.match(str(k))
+        if one and one.group(1) not in ids:
+            raise MatrixError(f"{file}: twin.set.{k}: no experiment {one.group(1)!r}; ids: {', '.join(sorted(ids))}")
     scale = twin.get("scale") or {}
     for k, f in scale.items():
         if isinstance(f, bool) or not isinstance(f, (int, float)) or not math.isfinite(f) or f <= 0:
@@ -769,8 +777,11 @@ def _apply_twin(file: Path, twin: dict[str, Any], raw_exps: list[tuple[str, dict
                 continue
             _set_dotted(raw, k, (max(1, round(v * f)) if v >= 1 else v) if isinstance(v, int) else v * f)
         for k, v in (twin.get("set") or {}).items():
+            one = _TWIN_ONE.match(str(k))  # `experiments[ID].key`: that experiment only, as with --set
+            if one and str(raw.get("id")) != one.group(1):
+                continue
             try:
-                _set_dotted(raw, str(k), v)
+                _set_dotted(raw, one.group(2) if one else str(k), v)
             except TypeError as exc:
                 raise MatrixError(f"{file}: twin.set.{k}: {exc}") from None
 

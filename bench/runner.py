@@ -109,10 +109,12 @@ def weights_dir(matrix: Matrix) -> Iterator[None]:
             os.environ[WEIGHTS_DIR_ENV] = before
 
 
-def _init_display(matrix: Matrix, init: str) -> str:
-    """The init's display name; `(stand-in)` when a demo twin replaced its weights file."""
-    name = dn.init_name(init)
-    return f"{name} (stand-in)" if matrix.data.standin_weights and init not in ("random",) and not init.startswith("file:") else name
+def _standin(matrix: Matrix, init: str) -> bool:
+    """Whether an experiment's initialisation weights are a demo twin's stand-in file (never ImageNet/DINOv2).
+
+    The initialisation keeps its name (`ImageNet-1k`: the row a twin mirrors, and what the
+    DINOv2 study's rows are keyed on); reports add a `stand-in` column and legend mark."""
+    return bool(matrix.data.standin_weights) and init != "random" and not init.startswith("file:")
 
 
 def _sites_used(matrix: Matrix) -> set[str]:
@@ -155,9 +157,11 @@ def build_manifest(plan: Plan, store: Store) -> pd.DataFrame:
                 # display names (bench.display_names): reports/ is torch-free and never sees the registries
                 "finetune_site": e.finetune.dataset,
                 "label": dn.experiment_label(e.id, e.backbone, e.pretrain.method, e.init, e.pretrain.dataset)
-                + (" (stand-in)" if _init_display(plan.matrix, e.init) != dn.init_name(e.init) else ""),
+                + (" (stand-in)" if _standin(plan.matrix, e.init) else ""),
                 "meta:Backbone": dn.backbone_name(e.backbone),
-                "meta:Initialisation": _init_display(plan.matrix, e.init),
+                "meta:Initialisation": dn.init_name(e.init),
+                # demo twins: which initialisation weights are stand-ins (Table 1 shows the column)
+                **({"meta:Init. weights": "stand-in" if _standin(plan.matrix, e.init) else "-"} if plan.matrix.data.standin_weights else {}),
                 "meta:Pre-training": dn.method_name(e.pretrain.method),
                 "meta:Pre-training dataset": dn.site_name(e.pretrain.dataset),
                 "meta:Fine-tuning": dn.site_name(e.finetune.dataset),
