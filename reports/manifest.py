@@ -11,6 +11,9 @@ One row per (experiment, seed, report column). Required keys are listed in
 * `meta:<name>`: descriptive columns (e.g. `meta:Initialisation`) printed to the
   left of the numbers in the options table (Table 5).
 * `n_train`: number of labelled training images (poster downstream table).
+* `val_predictions`: the fine-tuned model's predictions file on its validation split
+  (Youden thresholds of the initialisation study, `reports.init_study`); `init_row`: that
+  study's row label for the experiment (default: from `meta:*`, see `reports.init_rows`).
 
 Experiments and columns keep the order of their first appearance: that order is
 the row and column order of every table.
