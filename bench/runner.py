@@ -149,6 +149,8 @@ def build_manifest(plan: Plan, store: Store) -> pd.DataFrame:
                 "task": e.finetune.task,
                 "n_train": store.status(c.finetune_key).get("summary", {}).get("train_images"),
                 "predictions": str(store.path(c.evaluate_key, "predictions.parquet")),
+                # the fine-tuned model on its val split: where reports choose decision thresholds (reports.youden)
+                "val_predictions": _if_file(store.path(c.finetune_key, "val_predictions.parquet")),
                 "stage_key": c.evaluate_key,
                 "run_id": st.get("mlflow_run_id") or "",
                 "finetune_key": c.finetune_key,
@@ -169,6 +171,11 @@ def build_manifest(plan: Plan, store: Store) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+def _if_file(path: Path) -> str | None:
+    """`path` as a string when the file exists (stages written before it was an output have none)."""
+    return str(path) if path.is_file() else None
 
 
 def _size_keys(e: Any, pretrain_key: str | None, store: Store) -> dict[str, Any]:
