@@ -19,10 +19,13 @@
   without it is incomplete, and `CacheReader` refuses it.
 
 The work runs in shards (``shards/shard-IIIII-of-NNNNN/``, contiguous row ranges, each
-written under a temporary name and renamed when complete) decoded by worker processes
-on every core, then `merge` writes the files above. An interrupted prepare resumes from
-its finished shards; a cluster job array runs `prepare_shard` per task (`bench data
-prepare SITE --n-shards N --shard $SLURM_ARRAY_TASK_ID --merge`). See "shards" below.
+written under a temporary name and renamed when complete) decoded by this process and
+worker processes on every core (`bench.data.cache_shards`), then `merge` writes the
+files above. An interrupted prepare resumes from its finished shards. On a cluster,
+`bench data prepare SITE --executor slurm` submits one array task per unfinished shard
+(`prepare_shard`) and a merge job after them (`bench.execute.prepare_array`); a
+hand-written array can run `bench data prepare SITE --n-shards N --shard
+$SLURM_ARRAY_TASK_ID --merge`. See "shards" below.
 
 Corrupt images (`ImageReadError`): ``on_error="skip"`` leaves them out, counts and
 lists them in ``report.json`` and logs a warning; ``on_error="fail"`` raises the
