@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import pandas as pd
@@ -11,22 +10,12 @@ import pytest
 
 from bench.cli import main
 from bench.data.labels import HARMONISED5
+from tiny_matrix import tiny_matrix
 
 
 def _one_finetune_matrix(tmp_path: Path, data: Path) -> Path:
     """A one-stage-chain matrix: a tiny ResNet fine-tuned on NIH for one epoch, evaluated on NIH test."""
-    m = tmp_path / "c.yaml"
-    m.write_text(textwrap.dedent(f"""
-        name: c
-        data: {{root: {data}}}
-        defaults:
-          backbone: resnet_tiny_demo
-          image_size: 32
-          finetune: {{dataset: nih, seeds: [0], epochs: 1, batch_size: 16}}
-          evaluate: [{{column: NIH, site: nih, split: test}}]
-        experiments: [{{id: a}}]
-    """))
-    return m
+    return tiny_matrix(tmp_path / "c.yaml", data, name="c", backbone="resnet_tiny_demo", experiments=[{"id": "a"}])
 
 
 @pytest.fixture(scope="module")

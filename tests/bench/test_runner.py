@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import shutil
 import struct
-import textwrap
 import zlib
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import pandas as pd
 import pytest
 
 from bench.cli import main
+from tiny_matrix import run_args, tiny_matrix
 
 
 def _empty_png(path: Path) -> None:
@@ -44,22 +44,13 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path | str]:
     index = get_site("nih").load_index(data / "nih")
     victim = Path(index.loc[index["split"] == "train", "path"].iloc[0])
     _empty_png(victim)
-    matrix = tmp / "dbb.yaml"
-    matrix.write_text(textwrap.dedent(f"""
-        name: dbb
-        data: {{root: {data}}}
-        defaults:
-          backbone: vit_tiny_demo
-          image_size: 32
-          finetune: {{dataset: nih, seeds: [0], epochs: 1, batch_size: 16}}
-          evaluate: [{{column: NIH, site: nih, split: test}}]
-        experiments:
-          - id: x
-            pretrain: {{method: mae, dataset: nih, splits: [train], epochs: 1, batch_size: 8,
-                       batching: {{mode: dbb, max_side: 64, options: {{min_batches: 1}}}}}}
-    """))
+    matrix = tiny_matrix(tmp / "dbb.yaml", data, name="dbb", experiments=[{
+        "id": "x",
+        "pretrain": {"method": "mae", "dataset": "nih", "splits": ["train"], "epochs": 1, "batch_size": 8,
+                     "batching": {"mode": "dbb", "max_side": 64, "options": {"min_batches": 1}}},
+    }])
     results = tmp / "results"
-    rc = main(["run", str(matrix), "--results", str(results), "--no-mlflow", "--threads", "1", "--image-policy", "skip", "--executor", "inline"])
+    rc = main(run_args(matrix, results, "--image-policy", "skip", "--executor", "inline"))
     return {"rc": str(rc), "data": data, "matrix": matrix, "results": results, "victim": victim,
             "n_train": str(int((index["split"] == "train").sum()))}  # fmt: skip
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 
 from bench.cli import main
+from tiny_matrix import run_args, tiny_matrix
 
 
 @pytest.fixture(scope="module")
@@ -21,21 +21,9 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _run(tmp_path: Path, data: Path, pretrain: str) -> tuple[int, Path]:
-    m = tmp_path / "p.yaml"
-    m.write_text(textwrap.dedent(f"""
-        name: p
-        data: {{root: {data}}}
-        defaults:
-          backbone: vit_tiny_demo
-          image_size: 32
-          finetune: {{dataset: nih, seeds: [0], epochs: 1, batch_size: 16}}
-          evaluate: [{{column: NIH, site: nih, split: test}}]
-        experiments:
-          - {{id: x, pretrain: {pretrain}}}
-    """))
+    m = tiny_matrix(tmp_path / "p.yaml", data, name="p", experiments=[f"{{id: x, pretrain: {pretrain}}}"])
     results = tmp_path / "r"
-    rc = main(["run", str(m), "--results", str(results), "--no-mlflow", "--threads", "1", "--no-report"])
-    return rc, results / "store"
+    return main(run_args(m, results, "--no-report")), results / "store"
 
 
 @pytest.mark.slow
@@ -75,18 +63,7 @@ def test_pretraining_is_reproducible_across_processes(tmp_path: Path, data: Path
     """The same pre-training stage run twice (local executor: fresh subprocesses) gives identical weights."""
     encoders = []
     for run in ("a", "b"):
-        m = tmp_path / f"{run}.yaml"
-        m.write_text(textwrap.dedent(f"""
-            name: r
-            data: {{root: {data}}}
-            defaults:
-              backbone: vit_tiny_demo
-              image_size: 32
-              pretrain: {{method: mae, dataset: nih, epochs: 1, batch_size: 16}}
-              finetune: {{dataset: nih, seeds: [0], epochs: 1, batch_size: 16}}
-              evaluate: [{{column: NIH, site: nih, split: test}}]
-            experiments: [{{id: x}}]
-        """))
+        m = tiny_matrix(tmp_path / f"{run}.yaml", data, name="r", pretrain={"method": "mae", "dataset": "nih", "epochs": 1, "batch_size": 16})
         results = tmp_path / run
         assert main(["run", str(m), "--results", str(results), "--no-mlflow", "--no-report", "--executor", "local", "--max-parallel", "1"]) == 0
         (pre,) = list((results / "store").glob("pretrain-*"))
