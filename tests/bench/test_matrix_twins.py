@@ -167,3 +167,18 @@ def test_run_makes_standins_and_points_the_stages_at_them(tmp_path: Path, monkey
     with weights_dir(m):
         assert os.environ[WEIGHTS_DIR_ENV] == str(tmp_path / "w")
     assert os.environ[WEIGHTS_DIR_ENV] == "/elsewhere"
+
+
+def test_plan_warnings_look_in_the_matrix_weights_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from backbones.weights import WEIGHTS_DIR_ENV
+    from bench.execute.plan_report import missing_inputs
+    from bench.plan import build_plan
+
+    monkeypatch.delenv(WEIGHTS_DIR_ENV, raising=False)
+    twin = _write(tmp_path, TWIN)
+    # a twin's stand-ins are written by `bench run`: nothing to warn about
+    assert not [w for w in missing_inputs(build_plan(load_matrix(twin)), set()) if "init" in w]
+    # without stand-ins, the warning names the file the matrix's own weights folder lacks
+    twin.write_text(TWIN.replace("weights: w, standin_weights: true", f"weights: {tmp_path / 'w'}"))
+    warnings = [w for w in missing_inputs(build_plan(load_matrix(twin)), set()) if "init" in w]
+    assert len(warnings) == 1 and str(tmp_path / "w" / "vit_tiny_patch16_224.standin_in1k.safetensors") in warnings[0]
