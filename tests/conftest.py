@@ -1,8 +1,9 @@
 """Suite-wide fixtures: a real single-node SLURM cluster (see ``tests/slurm_cluster.py``).
 
-The cluster starts once per session, on first use, and only when a test asks for it. Where the
-SLURM/munge binaries are missing (a developer laptop), the tests that need it are skipped with the
-reason; under CI (``CI`` set to anything but ``0``/``false``) a missing binary or a cluster that does
+The cluster starts once per session (under pytest-xdist, as `make test` runs it: once per worker
+that needs it; clusters are independent, each on its own ports and folder), on first use, and only
+when a test asks for it. Where the SLURM/munge binaries are missing (a developer laptop), the tests
+that need it are skipped with the reason; under CI (``CI`` set to anything but ``0``/``false``) a missing binary or a cluster that does
 not come up is an error, never a skip, because `.ci/run` installs the packages.
 """
 
