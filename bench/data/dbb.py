@@ -41,8 +41,9 @@ bins above cost 110-116% of pad-to-patch tokens (benchmarks/dbb_subsets.py), and
 bound of one or two patches fixes it. `plan_mixed_epoch` / `MixedStepSampler` plan
 *mixed-shape steps* instead: a step of B images (or a token budget) drawn from a
 size-sorted pool, run as exact-grid micro-batches with gradient accumulation (zero
-padding, same-step pairs rarely meet again). They need a training loop that
-accumulates over a step's micro-batches; `DBBBatchSampler` keeps one shape per step.
+padding, same-step pairs rarely meet again). Pre-training runs them with
+`batching.options: {steps: mixed}` (`bench.train.mixed`, gradient accumulation in
+`bench.train.loop.fit`); `DBBBatchSampler` keeps one shape per step (`steps: single`).
 """
 
 from __future__ import annotations
