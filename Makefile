@@ -17,8 +17,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/bench run matrix/demo.yaml
 
+# Two pytest workers (CI has 2 cores): most tests keep at most one core busy (one single-threaded
+# process, or a `bench` waiting on its worker), so a serial run leaves a core idle. Whole files go
+# to one worker (--dist loadfile): a module's shared fixtures (one study run read by several tests)
+# are computed once. One torch/OpenMP thread per process, so that two workers do not oversubscribe.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=15
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadfile
 
 bench-ssl: $(STAMP)
 	$(PY) benchmarks/ssl_throughput.py
