@@ -200,12 +200,16 @@ def _attempt_lines(store: Path, key: str) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 def test_kill9_worker_resumes_bit_identical(tmp_path: Path, data: Path) -> None:
     m = _matrix(tmp_path / "k.yaml", data, pretrain_epochs=2, ft_epochs=3)
-    ref, results = tmp_path / "ref", tmp_path / "r"
+    ref, results = tmp_path / "uninterrupted", tmp_path / "r"  # (no name starting with "r": _cleanup matches by prefix)
     store = results / "store"
+    reference = None
     try:
-        # the uninterrupted reference, in one process (same code, same thread count)
-        r = _run(_cmd(m, ref, "--no-mlflow", "--executor", "inline"))
-        assert r.returncode == 0, r.stdout + r.stderr
+        # the uninterrupted reference, in one process (same code, same thread count); it runs on the
+        # other core while runs 1-3 below wait for workers, and is compared at the end
+        # (its output goes to a file: nobody reads a pipe until the end)
+        ref_out = tmp_path / "reference.log"
+        with open(ref_out, "w") as fh:
+            reference = _popen(_cmd(m, ref, "--no-mlflow", "--executor", "inline"), stdout=fh)
 
         # run 1: SIGKILL the pre-training worker once it has a checkpoint
         proc = _popen(_cmd(m, results, "--no-mlflow"))
@@ -240,12 +244,17 @@ def test_kill9_worker_resumes_bit_identical(tmp_path: Path, data: Path) -> None:
         assert [_status(store, k)["attempts"] for k in (pre, ft, ev)] == [2, 2, 1]
         assert all(_status(store, k)["state"] == "done" for k in (pre, ft, ev))
 
+        reference.wait(timeout=TIMEOUT)
+        assert reference.returncode == 0, ref_out.read_text()[-4000:]
         _tensors_equal(store / pre / "encoder.pt", ref / "store" / pre / "encoder.pt")
         _tensors_equal(store / ft / "model.pt", ref / "store" / ft / "model.pt")
         a = pd.read_parquet(store / ev / "predictions.parquet")
         b = pd.read_parquet(ref / "store" / ev / "predictions.parquet")
         pd.testing.assert_frame_equal(a, b, check_exact=True)
     finally:
+        if reference is not None and reference.poll() is None:
+            reference.kill()
+            reference.wait(timeout=60)
         _cleanup(results)
 
 
