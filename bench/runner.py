@@ -392,6 +392,7 @@ def run_matrix(matrix: Matrix, opts: RunOptions) -> tuple[RunSummary, Plan, list
     todo = [s for s in stages if s.key not in done]
     if todo:
         ensure_synthetic(matrix)
+        ensure_weights(matrix)
         preflight(plan, store, done)
     if opts.audit and todo:
         from bench.audit import audit_plan, check_leakage
@@ -399,7 +400,6 @@ def run_matrix(matrix: Matrix, opts: RunOptions) -> tuple[RunSummary, Plan, list
         # experiments whose stages are all done were audited when they ran
         report = audit_plan(_pending_part(plan, {s.key for s in todo}))
         check_leakage(report, matrix.path)
-        ensure_weights(matrix)
         # pre-training on the fine-tuning site's own train/val images is by design; evaluation overlap is not
         shared = report[(report["shared_patients"] > 0) & (report["pair"] != "pretrain-finetune")] if not report.empty else report
         for r in shared.itertuples():
