@@ -493,6 +493,17 @@ def _get_dotted(d: dict[str, Any], dotted: str) -> Any:
 _TEMPLATE = re.compile(r"\{([A-Za-z0-9_.]+)\}")
 
 
+def _read_mapping(file: Path) -> dict[str, Any]:
+    """A matrix file's top-level mapping (a matrix, or the one a twin `extends:`)."""
+    try:
+        doc = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as exc:
+        raise MatrixError(f"{file}: not valid YAML: {exc}") from None
+    if not isinstance(doc, dict):
+        raise MatrixError(f"{file}: top level must be a mapping with keys name, defaults, experiments and/or grid")
+    return doc
+
+
 def _fill_template(template: str, values: dict[str, Any]) -> str:
     def sub(m: re.Match[str]) -> str:
         key = m.group(1)
@@ -665,12 +676,7 @@ def _extends(file: Path, doc: dict[str, Any]) -> tuple[dict[str, Any], Path, dic
     parent = (file.parent / ref) if not Path(ref).is_absolute() else Path(ref)
     if not parent.is_file():
         raise MatrixError(f"{file}: extends: no such matrix file {parent}")
-    try:
-        base = yaml.safe_load(parent.read_text())
-    except yaml.YAMLError as exc:
-        raise MatrixError(f"{parent}: not valid YAML: {exc}") from None
-    if not isinstance(base, dict):
-        raise MatrixError(f"{parent}: top level must be a mapping")
+    base = _read_mapping(parent)
     if "extends" in base:
         raise MatrixError(f"{file}: extends: {parent} extends another matrix itself; a twin extends a matrix with its own experiment list")
     merged = {k: v for k, v in base.items()}
@@ -796,12 +802,7 @@ def load_matrix(path: str | Path, overrides: list[str] | None = None) -> Matrix:
     file = Path(path)
     if not file.is_file():
         raise MatrixError(f"{file}: no such matrix file")
-    try:
-        doc = yaml.safe_load(file.read_text())
-    except yaml.YAMLError as exc:
-        raise MatrixError(f"{file}: not valid YAML: {exc}") from None
-    if not isinstance(doc, dict):
-        raise MatrixError(f"{file}: top level must be a mapping with keys name, defaults, experiments and/or grid")
+    doc = _read_mapping(file)
     parent: Path | None = None
     twin: dict[str, Any] = {}
     if "extends" in doc:  # a demo twin: the parent's experiments, scaled down by `twin:`
